@@ -1,0 +1,227 @@
+from hatchery.v1 import reward_pb2 as _reward_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class LeaseKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LEASE_KIND_UNSPECIFIED: _ClassVar[LeaseKind]
+    LEASE_KIND_TRAIN: _ClassVar[LeaseKind]
+    LEASE_KIND_EVAL: _ClassVar[LeaseKind]
+LEASE_KIND_UNSPECIFIED: LeaseKind
+LEASE_KIND_TRAIN: LeaseKind
+LEASE_KIND_EVAL: LeaseKind
+
+class JoinRequest(_message.Message):
+    __slots__ = ("worker_id",)
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
+
+class JoinResponse(_message.Message):
+    __slots__ = ("run_id", "base_model_path", "es", "grader")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
+    ES_FIELD_NUMBER: _ClassVar[int]
+    GRADER_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    base_model_path: str
+    es: EsSettings
+    grader: str
+    def __init__(self, run_id: _Optional[str] = ..., base_model_path: _Optional[str] = ..., es: _Optional[_Union[EsSettings, _Mapping]] = ..., grader: _Optional[str] = ...) -> None: ...
+
+class EsSettings(_message.Message):
+    __slots__ = ("seed", "rank", "population", "noise_reuse", "target_modules", "exclude_modules", "optimizer", "adam_beta1", "adam_beta2", "adam_eps", "weight_decay", "dtype")
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    POPULATION_FIELD_NUMBER: _ClassVar[int]
+    NOISE_REUSE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_MODULES_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    ADAM_BETA1_FIELD_NUMBER: _ClassVar[int]
+    ADAM_BETA2_FIELD_NUMBER: _ClassVar[int]
+    ADAM_EPS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    seed: int
+    rank: int
+    population: int
+    noise_reuse: int
+    target_modules: _containers.RepeatedScalarFieldContainer[str]
+    exclude_modules: _containers.RepeatedScalarFieldContainer[str]
+    optimizer: str
+    adam_beta1: float
+    adam_beta2: float
+    adam_eps: float
+    weight_decay: float
+    dtype: str
+    def __init__(self, seed: _Optional[int] = ..., rank: _Optional[int] = ..., population: _Optional[int] = ..., noise_reuse: _Optional[int] = ..., target_modules: _Optional[_Iterable[str]] = ..., exclude_modules: _Optional[_Iterable[str]] = ..., optimizer: _Optional[str] = ..., adam_beta1: _Optional[float] = ..., adam_beta2: _Optional[float] = ..., adam_eps: _Optional[float] = ..., weight_decay: _Optional[float] = ..., dtype: _Optional[str] = ...) -> None: ...
+
+class GetWorkRequest(_message.Message):
+    __slots__ = ("worker_id", "applied_generation")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    applied_generation: int
+    def __init__(self, worker_id: _Optional[str] = ..., applied_generation: _Optional[int] = ...) -> None: ...
+
+class GetWorkResponse(_message.Message):
+    __slots__ = ("updates", "lease", "retry_after_seconds", "finished")
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    updates: _containers.RepeatedCompositeFieldContainer[UpdateRecord]
+    lease: Lease
+    retry_after_seconds: float
+    finished: bool
+    def __init__(self, updates: _Optional[_Iterable[_Union[UpdateRecord, _Mapping]]] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ..., retry_after_seconds: _Optional[float] = ..., finished: _Optional[bool] = ...) -> None: ...
+
+class UpdateRecord(_message.Message):
+    __slots__ = ("generation", "noise_epoch", "lr", "sigma", "fitness")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    NOISE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    LR_FIELD_NUMBER: _ClassVar[int]
+    SIGMA_FIELD_NUMBER: _ClassVar[int]
+    FITNESS_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    noise_epoch: int
+    lr: float
+    sigma: float
+    fitness: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, generation: _Optional[int] = ..., noise_epoch: _Optional[int] = ..., lr: _Optional[float] = ..., sigma: _Optional[float] = ..., fitness: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Prompt(_message.Message):
+    __slots__ = ("index", "text", "reference", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    text: str
+    reference: str
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., reference: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Sampling(_message.Message):
+    __slots__ = ("max_new_tokens", "temperature", "chat_template")
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    max_new_tokens: int
+    temperature: float
+    chat_template: bool
+    def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., chat_template: _Optional[bool] = ...) -> None: ...
+
+class Lease(_message.Message):
+    __slots__ = ("lease_id", "kind", "generation", "member_start", "member_end", "sigma", "prompts", "sampling", "deadline_seconds")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_START_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_END_FIELD_NUMBER: _ClassVar[int]
+    SIGMA_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    kind: LeaseKind
+    generation: int
+    member_start: int
+    member_end: int
+    sigma: float
+    prompts: _containers.RepeatedCompositeFieldContainer[Prompt]
+    sampling: Sampling
+    deadline_seconds: float
+    def __init__(self, lease_id: _Optional[str] = ..., kind: _Optional[_Union[LeaseKind, str]] = ..., generation: _Optional[int] = ..., member_start: _Optional[int] = ..., member_end: _Optional[int] = ..., sigma: _Optional[float] = ..., prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., deadline_seconds: _Optional[float] = ...) -> None: ...
+
+class ReportResultRequest(_message.Message):
+    __slots__ = ("worker_id", "lease_id", "generation", "rewards", "statuses", "weights_fingerprint", "generated_tokens", "generate_seconds", "reward_seconds")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    REWARDS_FIELD_NUMBER: _ClassVar[int]
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    GENERATE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REWARD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    lease_id: str
+    generation: int
+    rewards: _containers.RepeatedScalarFieldContainer[float]
+    statuses: _containers.RepeatedScalarFieldContainer[_reward_pb2.ScoreStatus]
+    weights_fingerprint: str
+    generated_tokens: int
+    generate_seconds: float
+    reward_seconds: float
+    def __init__(self, worker_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., generation: _Optional[int] = ..., rewards: _Optional[_Iterable[float]] = ..., statuses: _Optional[_Iterable[_Union[_reward_pb2.ScoreStatus, str]]] = ..., weights_fingerprint: _Optional[str] = ..., generated_tokens: _Optional[int] = ..., generate_seconds: _Optional[float] = ..., reward_seconds: _Optional[float] = ...) -> None: ...
+
+class ReportResultResponse(_message.Message):
+    __slots__ = ("accepted", "reason")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    reason: str
+    def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class GetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GenerationSummary(_message.Message):
+    __slots__ = ("generation", "reward_mean", "reward_max", "heldout_reward", "seconds")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    REWARD_MEAN_FIELD_NUMBER: _ClassVar[int]
+    REWARD_MAX_FIELD_NUMBER: _ClassVar[int]
+    HELDOUT_REWARD_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    reward_mean: float
+    reward_max: float
+    heldout_reward: float
+    seconds: float
+    def __init__(self, generation: _Optional[int] = ..., reward_mean: _Optional[float] = ..., reward_max: _Optional[float] = ..., heldout_reward: _Optional[float] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class WorkerStatus(_message.Message):
+    __slots__ = ("worker_id", "leases_completed", "weights_fingerprint", "last_seen_seconds_ago")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASES_COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_SECONDS_AGO_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    leases_completed: int
+    weights_fingerprint: str
+    last_seen_seconds_ago: float
+    def __init__(self, worker_id: _Optional[str] = ..., leases_completed: _Optional[int] = ..., weights_fingerprint: _Optional[str] = ..., last_seen_seconds_ago: _Optional[float] = ...) -> None: ...
+
+class GetStatusResponse(_message.Message):
+    __slots__ = ("run_id", "generation", "total_generations", "finished", "history", "workers", "weights_fingerprint")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_GENERATIONS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    generation: int
+    total_generations: int
+    finished: bool
+    history: _containers.RepeatedCompositeFieldContainer[GenerationSummary]
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
+    weights_fingerprint: str
+    def __init__(self, run_id: _Optional[str] = ..., generation: _Optional[int] = ..., total_generations: _Optional[int] = ..., finished: _Optional[bool] = ..., history: _Optional[_Iterable[_Union[GenerationSummary, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., weights_fingerprint: _Optional[str] = ...) -> None: ...
