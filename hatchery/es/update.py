@@ -1,0 +1,96 @@
+"""The ES update: W <- W + lr * (1/N) sum_i f_i E_i, one matmul per matrix.
+
+With antithetic pairs, sum_i f_i E_i = sum_k (f_2k - f_2k+1) A_k B_k^T / sqrt(r),
+computed as (A * c) B^T over all pairs at once: rank <= N r / 2 per step, full
+rank over many steps. It accumulates in a float32 master copy of every target
+even when the model computes in bf16/fp16, where updates of 1e-5 would vanish.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from hatchery.es.noise import low_rank_factors, rank_scale
+from hatchery.es.targets import Target
+
+
+@dataclass(frozen=True)
+class StepRule:
+    """How an ES gradient becomes a step."""
+
+    optimizer: str = "sgd"  # "sgd" or "adam"
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+
+
+def es_gradient(target: Target, seed: int, epoch: int, rank: int, fitness: Sequence[float]) -> torch.Tensor:
+    """(1/N) sum_i f_i E_i for one matrix, logical (out x in), float32 on CPU."""
+    f = np.asarray(fitness, dtype=np.float64)
+    n = len(f)
+    pair_coeff = f[0::2] - f[1::2]
+    live = np.flatnonzero(pair_coeff)
+    if len(live) == 0:
+        return torch.zeros(target.out_features, target.in_features)
+    factors = [low_rank_factors(seed, epoch, int(k), target.name, target.out_features, target.in_features, rank)
+               for k in live]
+    a = torch.cat([a for a, _ in factors], dim=1)  # (out, K r)
+    b = torch.cat([b for _, b in factors], dim=1)  # (in, K r)
+    c = torch.tensor(np.repeat(pair_coeff[live], rank) * rank_scale(rank) / n, dtype=torch.float32)
+    return (a * c) @ b.t()
+
+
+class EsUpdater:
+    """Applies update records to a model's targets; replays identically anywhere."""
+
+    def __init__(self, targets: Sequence[Target], seed: int, rank: int, rule: StepRule = StepRule()):
+        if rule.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {rule.optimizer!r}")
+        self.targets = list(targets)
+        self.seed, self.rank, self.rule = seed, rank, rule
+        # float32 CPU weights are their own master copy; others get a float32 clone.
+        self.master = {t.name: self._master_of(t) for t in self.targets}
+        self.adam_m: dict[str, torch.Tensor] = {}
+        self.adam_v: dict[str, torch.Tensor] = {}
+        self.steps = 0
+
+    def apply(self, epoch: int, lr: float, fitness: Sequence[float]) -> float:
+        """One step; returns the update's global L2 norm."""
+        self.steps += 1
+        norm_sq = 0.0
+        for t in self.targets:
+            step = self._step(t.name, es_gradient(t, self.seed, epoch, self.rank, fitness), lr)
+            w = self.master[t.name]
+            if self.rule.weight_decay:
+                step = step - lr * self.rule.weight_decay * w
+            w.add_(step)
+            norm_sq += float(step.double().pow(2).sum())
+            if not self._aliased(t):
+                with torch.no_grad():
+                    t.weight.copy_(t.to_stored(w).to(t.weight.dtype))
+        return norm_sq ** 0.5
+
+    @staticmethod
+    def _aliased(t: Target) -> bool:
+        return t.weight.dtype == torch.float32 and t.weight.device.type == "cpu"
+
+    def _master_of(self, t: Target) -> torch.Tensor:
+        w = t.logical_weight()
+        return w if self._aliased(t) else w.float().cpu().clone()
+
+    def _step(self, name: str, grad: torch.Tensor, lr: float) -> torch.Tensor:
+        if self.rule.optimizer == "sgd":
+            return lr * grad
+        r = self.rule
+        m = self.adam_m.setdefault(name, torch.zeros_like(grad))
+        v = self.adam_v.setdefault(name, torch.zeros_like(grad))
+        m.mul_(r.adam_beta1).add_(grad, alpha=1 - r.adam_beta1)
+        v.mul_(r.adam_beta2).addcmul_(grad, grad, value=1 - r.adam_beta2)
+        m_hat = m / (1 - r.adam_beta1 ** self.steps)
+        v_hat = v / (1 - r.adam_beta2 ** self.steps)
+        return lr * m_hat / (v_hat.sqrt() + r.adam_eps)
