@@ -1,0 +1,178 @@
+"""The run configuration: one YAML file, validated before anything starts.
+
+Unknown keys and bad values are refused with an error that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hatchery.es.shaping import FailedSamples, Shaping
+from hatchery.model import DTYPES, EMBEDDED
+from hatchery.tasks import TASKS
+
+
+class ConfigError(ValueError):
+    """A config value is unknown, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    source: str = EMBEDDED  # "embedded:smollm2-135m-instruct" or a local Hugging Face folder
+    dtype: str = "float32"  # "float32" or "bfloat16"
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    name: str = "arith"
+    seed: int = 0  # fixes the train/held-out split and generated problems
+    heldout_size: int = 64
+    max_new_tokens: int = 0  # 0: the task's own default
+    chat_template: bool = True
+
+
+@dataclass(frozen=True)
+class EsConfig:
+    seed: int = 0
+    population: int = 16
+    rank: int = 1
+    sigma: float = 3e-3
+    lr: float = 6e-3  # absorbs 1/sigma, as in the ES papers
+    noise_reuse: int = 1
+    shaping: str = Shaping.CENTERED_ZSCORE.value
+    failed_samples: str = FailedSamples.DROP_PAIR.value
+    optimizer: str = "sgd"
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: [".*"])
+    exclude_modules: list[str] = field(default_factory=lambda: ["lm_head"])
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    generations: int = 200
+    time_budget_seconds: float = 660.0  # stop starting generations after this much training time; 0 = none
+    prompts_per_member: int = 4
+    temperature: float = 0.0  # 0: greedy, deterministic evaluation
+    eval_every: int = 10  # held-out evaluation every this many generations (and at the end)
+    members_per_lease: int = 0  # 0: the whole population in one lease
+    lease_timeout_seconds: float = 600.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    run_dir: str = "runs/default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    es: EsConfig = field(default_factory=EsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    grader: str = ""  # empty: the task's grader
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _build(hint, value, key + ".")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
+        (item,) = typing.get_args(hint)
+        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: must be finite, got {value!r}")
+        return float(value)
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if hint in (str, bool) and not isinstance(value, hint):
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(hints))})")
+    return cls(**{k: _convert(v, hints[k], prefix + k) for k, v in data.items()})
+
+
+def _check(ok: bool, key: str, message: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}, got {value!r}")
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Range and choice checks that types alone do not express."""
+    _check(cfg.model.dtype in DTYPES, "model.dtype", f"must be one of {sorted(DTYPES)}", cfg.model.dtype)
+    _check(cfg.task.name in TASKS, "task.name", f"must be one of {sorted(TASKS)}", cfg.task.name)
+    _check(cfg.task.heldout_size >= 1, "task.heldout_size", "must be >= 1", cfg.task.heldout_size)
+    _check(cfg.task.max_new_tokens >= 0, "task.max_new_tokens", "must be >= 0", cfg.task.max_new_tokens)
+    es = cfg.es
+    _check(es.population >= 2 and es.population % 2 == 0, "es.population",
+           "must be an even number >= 2 (antithetic pairs)", es.population)
+    _check(1 <= es.rank <= 64, "es.rank", "must be between 1 and 64", es.rank)
+    _check(es.sigma > 0, "es.sigma", "must be > 0", es.sigma)
+    _check(es.lr > 0, "es.lr", "must be > 0", es.lr)
+    _check(es.noise_reuse >= 1, "es.noise_reuse", "must be >= 1", es.noise_reuse)
+    _check(es.seed >= 0, "es.seed", "must be >= 0", es.seed)
+    _check(es.shaping in {s.value for s in Shaping}, "es.shaping",
+           f"must be one of {[s.value for s in Shaping]}", es.shaping)
+    _check(es.failed_samples in {s.value for s in FailedSamples}, "es.failed_samples",
+           f"must be one of {[s.value for s in FailedSamples]}", es.failed_samples)
+    _check(es.optimizer in ("sgd", "adam"), "es.optimizer", "must be 'sgd' or 'adam'", es.optimizer)
+    _check(0 <= es.adam_beta1 < 1, "es.adam_beta1", "must be in [0, 1)", es.adam_beta1)
+    _check(0 <= es.adam_beta2 < 1, "es.adam_beta2", "must be in [0, 1)", es.adam_beta2)
+    _check(es.adam_eps > 0, "es.adam_eps", "must be > 0", es.adam_eps)
+    _check(es.weight_decay >= 0, "es.weight_decay", "must be >= 0", es.weight_decay)
+    for key in ("target_modules", "exclude_modules"):
+        for pattern in getattr(es, key):
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ConfigError(f"es.{key}: bad regular expression {pattern!r}: {err}") from None
+    tr = cfg.train
+    _check(tr.generations >= 1, "train.generations", "must be >= 1", tr.generations)
+    _check(tr.time_budget_seconds >= 0, "train.time_budget_seconds", "must be >= 0", tr.time_budget_seconds)
+    _check(tr.prompts_per_member >= 1, "train.prompts_per_member", "must be >= 1", tr.prompts_per_member)
+    _check(tr.temperature >= 0, "train.temperature", "must be >= 0", tr.temperature)
+    _check(tr.eval_every >= 1, "train.eval_every", "must be >= 1", tr.eval_every)
+    _check(tr.members_per_lease >= 0, "train.members_per_lease", "must be >= 0", tr.members_per_lease)
+    _check(tr.lease_timeout_seconds > 0, "train.lease_timeout_seconds", "must be > 0", tr.lease_timeout_seconds)
+    return cfg
+
+
+def parse_config(data: dict[str, Any] | None) -> RunConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config must be a mapping at the top level, got {type(data).__name__}")
+    return validate(_build(RunConfig, data))
+
+
+def load_config(path: str | Path | None) -> RunConfig:
+    """The embedded default when path is None."""
+    if path is None:
+        return parse_config({})
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_config(data)

@@ -1,0 +1,81 @@
+"""Tasks: seeded prompt sets with references, and the grader that scores them."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class TaskPrompt:
+    text: str
+    reference: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    grader: str
+    train: list[TaskPrompt]  # sampled from during training
+    heldout: list[TaskPrompt]  # never used for training or selection
+    max_new_tokens: int
+
+
+ARITH_TEMPLATE = "What is {a} {op} {b}? Reply with just the final number, nothing else."
+
+
+def arith(seed: int, heldout_size: int) -> Task:
+    """One-digit a + b or a - b; exact integer answer. The 200 problems are
+    split once by a fixed shuffle, so held-out prompts are never trained on."""
+    problems = [TaskPrompt(ARITH_TEMPLATE.format(a=a, op=op, b=b), str(a + b if op == "+" else a - b))
+                for a in range(10) for b in range(10) for op in "+-"]
+    random.Random(seed).shuffle(problems)
+    if not 0 < heldout_size < len(problems):
+        raise ValueError(f"arith has {len(problems)} problems; heldout_size must be between 1 and {len(problems) - 1}")
+    return Task("arith", "first_integer", problems[heldout_size:], problems[:heldout_size], max_new_tokens=8)
+
+
+COUNTDOWN_TEMPLATE = (
+    "Using the numbers {numbers}, create an equation that equals {target}. You can use basic arithmetic "
+    "operations (+, -, *, /) and each number can only be used once. Show your work in <think> </think> "
+    "tags. And return the final answer in <answer> </answer> tags, for example <answer> (1 + 2) / 3 </answer>."
+)
+
+
+def countdown_problem(rng: random.Random) -> TaskPrompt:
+    """A solvable problem: 3 or 4 numbers in 1..99 combined by a random expression
+    with a positive integer value (the target)."""
+    while True:
+        numbers = [rng.randint(1, 99) for _ in range(rng.choice((3, 4)))]
+        values = [(float(n), str(n)) for n in numbers]
+        rng.shuffle(values)
+        while len(values) > 1:
+            (x, xs), (y, ys) = values.pop(), values.pop()
+            op = rng.choice("+-*/")
+            if op == "/" and (y == 0 or x % y):
+                op = "+"
+            value = {"+": x + y, "-": x - y, "*": x * y, "/": x / y if y else 0.0}[op]
+            values.append((value, f"({xs} {op} {ys})"))
+        target, _ = values[0]
+        if target > 0 and target == int(target) and target < 1000:
+            listed = ", ".join(map(str, numbers))
+            return TaskPrompt(COUNTDOWN_TEMPLATE.format(numbers=f"[{listed}]", target=int(target)),
+                              str(int(target)), {"numbers": ",".join(map(str, numbers)), "target": str(int(target))})
+
+
+def countdown(seed: int, heldout_size: int, train_size: int = 2000) -> Task:
+    """Qiu et al. 2025's Countdown, generated from a seed."""
+    rng = random.Random(seed)
+    problems = [countdown_problem(rng) for _ in range(train_size + heldout_size)]
+    return Task("countdown", "countdown", problems[heldout_size:], problems[:heldout_size], max_new_tokens=256)
+
+
+TASKS: dict[str, Callable[[int, int], Task]] = {"arith": arith, "countdown": countdown}
+
+
+def load_task(name: str, seed: int, heldout_size: int) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}")
+    return TASKS[name](seed, heldout_size)

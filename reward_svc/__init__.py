@@ -1,0 +1,1 @@
+"""Reward service: scores completions over gRPC (hatchery.v1.RewardService)."""
