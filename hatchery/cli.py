@@ -1,0 +1,128 @@
+"""The `hatchery` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+
+def _env_defaults(parser: argparse.ArgumentParser, prefix: str) -> None:
+    """Every flag --some-flag can also come from $HATCHERY_SOME_FLAG (flags win)."""
+    for action in parser._actions:
+        env = f"{prefix}{action.dest.upper()}"
+        if action.dest != "help" and env in os.environ:
+            action.default = action.type(os.environ[env]) if action.type else os.environ[env]
+            action.required = False
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _add_server_flags(p: argparse.ArgumentParser, default_port: int) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 inside a container)")
+    p.add_argument("--port", type=int, default=default_port, help="port to bind; 0 picks a free one")
+    p.add_argument("--port-file", default=None, help="write the bound port to this file once serving")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hatchery", description="Fine-tune LLMs with evolution strategies.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="start optimizer, inference and reward services locally and train")
+    run.add_argument("config", nargs="?", default=None, help="run config YAML (default: the embedded default)")
+
+    opt = sub.add_parser("optimizer", help="serve hatchery.v1.OptimizerService and drive a run")
+    opt.add_argument("--config", default=None, help="run config YAML (default: the embedded default)")
+    _add_server_flags(opt, 50051)
+
+    inf = sub.add_parser("inference", help="serve hatchery.v1.InferenceService and evaluate leases")
+    _add_server_flags(inf, 50052)
+    inf.add_argument("--optimizer-address", required=True, help="host:port of the optimizer service")
+    inf.add_argument("--reward-address", required=True, help="host:port of the reward service")
+    inf.add_argument("--worker-id", default="", help="unique worker name (default: host name and port)")
+
+    from reward_svc.graders import GRADERS  # pure Python: keeps torch out of the reward process
+
+    rew = sub.add_parser("reward", help="serve hatchery.v1.RewardService with the built-in graders")
+    _add_server_flags(rew, 50053)
+    rew.add_argument("--default-grader", default="first_integer", choices=sorted(GRADERS),
+                     help="grader used when a request names none")
+
+    st = sub.add_parser("status", help="print an optimizer's status as JSON")
+    st.add_argument("address", help="host:port of the optimizer")
+
+    bench = sub.add_parser("bench", help="perturbed vs unperturbed vs naive generation throughput (JSON)")
+    bench.add_argument("--models", default="tiny,smollm2", help="comma-separated: tiny, smollm2")
+    bench.add_argument("--population", type=int, default=32)
+    bench.add_argument("--ranks", default="1,4")
+    bench.add_argument("--new-tokens", type=int, default=32)
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--out", default=None, help="also write the JSON here")
+
+    for p in (opt, inf, rew):
+        _env_defaults(p, "HATCHERY_")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from hatchery.config import ConfigError, load_config
+
+    if args.command in ("run", "optimizer"):
+        try:
+            cfg = load_config(args.config)
+        except (ConfigError, OSError) as err:
+            print(f"hatchery: bad config: {err}", file=sys.stderr)
+            return 2
+    if args.command == "run":
+        from hatchery.launcher import run_local
+
+        return run_local(cfg)
+    if args.command == "status":
+        from google.protobuf import json_format
+
+        from hatchery.serving import channel
+        from hatchery.v1 import optimizer_pb2, optimizer_pb2_grpc
+
+        stub = optimizer_pb2_grpc.OptimizerServiceStub(channel(args.address))
+        status = stub.GetStatus(optimizer_pb2.GetStatusRequest(), timeout=10)
+        print(json.dumps(json_format.MessageToDict(status, preserving_proto_field_name=True), indent=2))
+        return 0
+    if args.command == "bench":
+        from hatchery.bench import run_bench
+
+        result = run_bench(args.models.split(","), args.population, [int(r) for r in args.ranks.split(",")],
+                           args.new_tokens, args.repeats)
+        text = json.dumps(result, indent=2)
+        print(text)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text + "\n")
+        return 0
+    if args.command == "reward":
+        from reward_svc.server import serve
+
+        serve(args.host, args.port, args.port_file, args.default_grader)
+        return 0
+    _quiet_libraries()
+    if args.command == "optimizer":
+        from optimizer_svc.server import serve
+
+        return serve(cfg, args.host, args.port, args.port_file)
+    from inference_svc.server import serve
+
+    serve(args.host, args.port, args.port_file, args.optimizer_address, args.reward_address, args.worker_id)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

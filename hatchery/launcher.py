@@ -1,0 +1,128 @@
+"""`hatchery run`: the three services as separate processes on loopback.
+
+Each service is started exactly as a user or the Helm chart would start it,
+with a port file to learn its bound port, so nothing here is a shortcut.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from hatchery.config import RunConfig
+
+HOST = "127.0.0.1"  # local runs bind loopback only
+
+
+@dataclass
+class MemoryWatch:
+    """Peak resident memory of each process and of their sum, sampled from /proc."""
+
+    procs: dict[str, subprocess.Popen]
+    peak: dict[str, int] = field(default_factory=dict)
+    peak_total: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    @staticmethod
+    def rss(pid: int) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            now = {name: self.rss(p.pid) for name, p in self.procs.items()}
+            for name, value in now.items():
+                self.peak[name] = max(self.peak.get(name, 0), value)
+            self.peak_total = max(self.peak_total, sum(now.values()))
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def stop(self) -> str:
+        self._stop.set()
+        parts = ", ".join(f"{name} {v / 2**30:.2f}" for name, v in self.peak.items())
+        return f"peak resident memory (GiB): {parts}; all together {self.peak_total / 2**30:.2f}"
+
+
+def _spawn(args: list[str], log_path: Path | None = None) -> subprocess.Popen:
+    out = open(log_path, "w") if log_path else None
+    return subprocess.Popen([sys.executable, "-m", "hatchery.cli", *args], stdout=out or None,
+                            stderr=subprocess.STDOUT if out else None)
+
+
+def _wait_port(path: Path, proc: subprocess.Popen, name: str, timeout: float = 600.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return int(path.read_text())
+        if proc.poll() is not None:
+            raise RuntimeError(f"the {name} service exited with code {proc.returncode} before it started")
+        time.sleep(0.1)
+    raise TimeoutError(f"the {name} service did not start within {timeout:.0f} s")
+
+
+def _supervise(procs: dict[str, subprocess.Popen]) -> int:
+    """Waits for the optimizer to finish; a service that dies first ends the run with an error
+    (a worker exits 0 on its own once it has heard that the run is over)."""
+    while True:
+        code = procs["optimizer"].poll()
+        if code is not None:
+            if code == 0:
+                procs["inference"].wait(timeout=60)
+            return code
+        for name, proc in procs.items():
+            if proc.poll() is not None and not (name == "inference" and proc.returncode == 0):
+                print(f"hatchery: the {name} service exited with code {proc.returncode}; stopping the run",
+                      file=sys.stderr, flush=True)
+                return 1
+        time.sleep(0.2)
+
+
+def run_local(cfg: RunConfig) -> int:
+    """Starts reward, optimizer and one inference worker; returns the optimizer's exit code."""
+    run_dir = Path(cfg.run_dir)
+    ports = run_dir / "ports"
+    ports.mkdir(parents=True, exist_ok=True)
+    for stale in ports.glob("*"):
+        stale.unlink()
+    config_path = run_dir / "run-config.yaml"
+    config_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    common = ["--host", HOST, "--port", "0"]
+    procs: dict[str, subprocess.Popen] = {}
+    watch = MemoryWatch(procs)
+    try:
+        procs["reward"] = _spawn(["reward", *common, "--port-file", str(ports / "reward")], run_dir / "reward.log")
+        procs["optimizer"] = _spawn(["optimizer", "--config", str(config_path), *common,
+                                     "--port-file", str(ports / "optimizer")])
+        watch.start()
+        reward_port = _wait_port(ports / "reward", procs["reward"], "reward")
+        optimizer_port = _wait_port(ports / "optimizer", procs["optimizer"], "optimizer")
+        procs["inference"] = _spawn(["inference", *common, "--port-file", str(ports / "inference"),
+                                     "--optimizer-address", f"{HOST}:{optimizer_port}",
+                                     "--reward-address", f"{HOST}:{reward_port}", "--worker-id", "local-0"],
+                                    run_dir / "inference.log")
+        return _supervise(procs)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        print(watch.stop(), flush=True)
+        (run_dir / "memory.txt").write_text(watch.stop() + "\n")
+
+

@@ -1,0 +1,85 @@
+"""What every Hatchery gRPC server and client shares: health, reflection,
+message size limits, port files and channel options."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from concurrent import futures
+from pathlib import Path
+from typing import Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # deliberate: a held-out batch of long completions fits, a model does not
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+class Server:
+    """A grpc.Server with health checking and reflection for the given services."""
+
+    def __init__(self, service_names: Iterable[str], host: str = "127.0.0.1", port: int = 0, max_workers: int = 8):
+        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=CHANNEL_OPTIONS)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        self.service_names = list(service_names)
+        reflection.enable_server_reflection(
+            self.service_names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                                  reflection.SERVICE_NAME], self.grpc)
+        self.port = self.grpc.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind {host}:{port}")
+        self.address = f"{host}:{self.port}"
+
+    def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in [""] + self.service_names:
+            self.health.set(name, status)
+
+    def start(self, port_file: str | None = None, serving: bool = True) -> None:
+        self.grpc.start()
+        self.set_serving(serving)
+        if port_file:
+            write_port_file(Path(port_file), self.port)
+
+    def stop(self, grace: float = 1.0) -> None:
+        self.set_serving(False)
+        self.grpc.stop(grace).wait()
+
+
+def write_port_file(path: Path, port: int) -> None:
+    """Atomically, so a reader never sees a half-written number."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(str(port))
+    os.replace(tmp, path)
+
+
+def channel(address: str) -> grpc.Channel:
+    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+def stop_event_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT, for a clean shutdown of a service's main loop."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def invalid_argument_on_value_error(fn: Callable) -> Callable:
+    """Servicer methods raise ValueError for bad requests; the client sees INVALID_ARGUMENT."""
+
+    def wrapper(self, request, context):
+        try:
+            return fn(self, request, context)
+        except ValueError as err:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+
+    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+    return wrapper

@@ -1,0 +1,1 @@
+"""Inference service: a worker that evaluates low-rank perturbed populations."""

@@ -1,0 +1,51 @@
+"""A worker's replica of the weights and its evaluation of leases (no transport here)."""
+
+from __future__ import annotations
+
+from hatchery.es import EsUpdater, NoiseKey, PopulationNoise, find_targets, perturbed
+from hatchery.model import Completions, LoadedModel, fingerprint, generate
+from hatchery.settings import step_rule
+from hatchery.v1 import optimizer_pb2 as pb
+
+
+class Evaluator:
+    """Holds the weights of one generation, replays update records from seeds,
+    and evaluates leases as per-row perturbed batches."""
+
+    def __init__(self, lm: LoadedModel, es: pb.EsSettings):
+        self.lm, self.es = lm, es
+        self.targets = find_targets(lm.model, list(es.target_modules), list(es.exclude_modules))
+        self.updater = EsUpdater(self.targets, es.seed, es.rank, step_rule(es))
+        self.applied_generation = 0
+        self._noise: PopulationNoise | None = None
+
+    def apply(self, record: pb.UpdateRecord) -> None:
+        if record.generation != self.applied_generation:
+            raise ValueError(f"update for generation {record.generation} but weights are at {self.applied_generation}")
+        self.updater.apply(record.noise_epoch, record.lr, list(record.fitness))
+        self.applied_generation += 1
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.targets)
+
+    def _population_noise(self, generation: int, pairs: list[int]) -> PopulationNoise:
+        """Noise for the lease's pairs, regenerated only when epoch or pairs change."""
+        key = NoiseKey(self.es.seed, generation // self.es.noise_reuse, self.es.rank)
+        if self._noise is None or self._noise.key != key or self._noise.pairs != pairs:
+            self._noise = None  # free the old factors before building new ones
+            self._noise = PopulationNoise(self.targets, key, pairs)
+        return self._noise
+
+    def evaluate(self, lease: pb.Lease) -> Completions:
+        """Completions in lease order: member-major, then prompt (one row for each)."""
+        if lease.generation != self.applied_generation:
+            raise ValueError(f"lease for generation {lease.generation} but weights are at {self.applied_generation}")
+        texts = [p.text for p in lease.prompts]
+        s = lease.sampling
+        if lease.kind == pb.LEASE_KIND_EVAL:
+            return generate(self.lm, texts, s.max_new_tokens, s.temperature, s.chat_template)
+        members = [m for m in range(lease.member_start, lease.member_end) for _ in texts]
+        noise = self._population_noise(lease.generation, sorted({m // 2 for m in members}))
+        with perturbed(self.targets, noise, members, lease.sigma):
+            return generate(self.lm, texts * (lease.member_end - lease.member_start),
+                            s.max_new_tokens, s.temperature, s.chat_template)

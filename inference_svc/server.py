@@ -1,0 +1,128 @@
+"""The inference worker: joins an optimizer, pulls leases, generates, gets rewards, reports.
+
+It also serves hatchery.v1.InferenceService (state and plain generation) with
+health checking: NOT_SERVING until its replica of the weights is ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+from hatchery.model import generate, load_model
+from hatchery.serving import Server, channel, invalid_argument_on_value_error, stop_event_on_signals
+from hatchery.v1 import inference_pb2, inference_pb2_grpc, optimizer_pb2_grpc, reward_pb2, reward_pb2_grpc
+from hatchery.v1 import optimizer_pb2 as pb
+from inference_svc.evaluator import Evaluator
+
+log = logging.getLogger("hatchery.inference")
+RPC_TIMEOUT = 30.0
+MAX_GENERATE_PROMPTS = 256
+MAX_GENERATE_TOKENS = 4096
+
+
+class Worker:
+    """The pull loop. Owns the Evaluator; the gRPC servicer only reads its state."""
+
+    def __init__(self, worker_id: str, optimizer_address: str, reward_address: str):
+        self.worker_id = worker_id
+        self.optimizer = optimizer_pb2_grpc.OptimizerServiceStub(channel(optimizer_address))
+        self.reward = reward_pb2_grpc.RewardServiceStub(channel(reward_address))
+        self.evaluator: Evaluator | None = None
+        self.run_id = ""
+        self.grader = ""
+        self.leases_completed = 0
+        self.lock = threading.Lock()  # one generate() at a time on the replica
+
+    def join(self) -> None:
+        """Waits for the optimizer, then builds the replica of the base weights."""
+        request = pb.JoinRequest(worker_id=self.worker_id)
+        joined = self.optimizer.Join(request, timeout=600, wait_for_ready=True)
+        lm = load_model(Path(joined.base_model_path), joined.es.dtype)
+        with self.lock:
+            self.evaluator = Evaluator(lm, joined.es)
+            self.run_id, self.grader = joined.run_id, joined.grader
+        log.info("worker %s joined run %s", self.worker_id, self.run_id)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            work = self.optimizer.GetWork(pb.GetWorkRequest(
+                worker_id=self.worker_id, applied_generation=self.evaluator.applied_generation),
+                timeout=RPC_TIMEOUT, wait_for_ready=True)
+            with self.lock:
+                for record in work.updates:
+                    self.evaluator.apply(record)
+            if work.finished:
+                return
+            if not work.HasField("lease"):
+                stop.wait(work.retry_after_seconds)
+                continue
+            result = self.evaluate(work.lease)
+            reply = self.optimizer.ReportResult(result, timeout=RPC_TIMEOUT)
+            if reply.accepted:
+                self.leases_completed += 1
+            else:
+                log.warning("lease %s dropped: %s", work.lease.lease_id, reply.reason)
+
+    def evaluate(self, lease: pb.Lease) -> pb.ReportResultRequest:
+        with self.lock:
+            completions = self.evaluator.evaluate(lease)
+            fp = self.evaluator.fingerprint()
+        started = time.perf_counter()
+        per_prompt = len(lease.prompts)
+        samples = [reward_pb2.Sample(prompt=p.text, completion=text, reference=p.reference, metadata=p.metadata)
+                   for text, p in zip(completions.texts, list(lease.prompts) * (len(completions.texts) // per_prompt))]
+        scored = self.reward.Score(reward_pb2.ScoreRequest(samples=samples, grader=self.grader),
+                                   timeout=RPC_TIMEOUT, wait_for_ready=True)
+        return pb.ReportResultRequest(
+            worker_id=self.worker_id, lease_id=lease.lease_id, generation=lease.generation,
+            rewards=[r.score for r in scored.results], statuses=[r.status for r in scored.results],
+            weights_fingerprint=fp, generated_tokens=completions.new_tokens,
+            generate_seconds=completions.seconds, reward_seconds=time.perf_counter() - started)
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    def __init__(self, worker: Worker):
+        self.worker = worker
+
+    def GetState(self, request, context) -> inference_pb2.GetStateResponse:
+        w = self.worker
+        ev = w.evaluator
+        return inference_pb2.GetStateResponse(
+            worker_id=w.worker_id, run_id=w.run_id, leases_completed=w.leases_completed,
+            applied_generation=ev.applied_generation if ev else 0, weights_fingerprint=ev.fingerprint() if ev else "")
+
+    @invalid_argument_on_value_error
+    def Generate(self, request: inference_pb2.GenerateRequest, context) -> inference_pb2.GenerateResponse:
+        if self.worker.evaluator is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the worker has not loaded its model yet")
+        if not request.prompts or len(request.prompts) > MAX_GENERATE_PROMPTS:
+            raise ValueError(f"prompts: need 1 to {MAX_GENERATE_PROMPTS}, got {len(request.prompts)}")
+        if not 1 <= request.max_new_tokens <= MAX_GENERATE_TOKENS:
+            raise ValueError(f"max_new_tokens: need 1 to {MAX_GENERATE_TOKENS}, got {request.max_new_tokens}")
+        if request.temperature < 0:
+            raise ValueError(f"temperature: must be >= 0, got {request.temperature}")
+        with self.worker.lock:
+            out = generate(self.worker.evaluator.lm, list(request.prompts), request.max_new_tokens,
+                           request.temperature, request.chat_template)
+        return inference_pb2.GenerateResponse(completions=out.texts)
+
+
+def serve(host: str, port: int, port_file: str | None, optimizer_address: str, reward_address: str,
+          worker_id: str) -> None:
+    server = Server([inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name], host, port)
+    worker = Worker(worker_id or f"{socket.gethostname()}-{server.port}", optimizer_address, reward_address)
+    inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(worker), server.grpc)
+    stop = stop_event_on_signals()
+    server.start(port_file, serving=False)
+    log.info("inference service on %s", server.address)
+    worker.join()
+    server.set_serving(True)
+    worker.run(stop)
+    log.info("worker %s done after %d leases", worker.worker_id, worker.leases_completed)
+    server.stop()

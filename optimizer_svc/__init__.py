@@ -1,0 +1,1 @@
+"""Optimizer service: owns the run's weights, seed schedule and update log."""

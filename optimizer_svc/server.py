@@ -1,0 +1,87 @@
+"""hatchery.v1.OptimizerService: the gRPC face of a Coordinator."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from hatchery.config import RunConfig
+from hatchery.model import load_model, resolve_model
+from hatchery.plot import plot_rewards
+from hatchery.serving import Server, invalid_argument_on_value_error, stop_event_on_signals
+from hatchery.settings import es_settings
+from hatchery.v1 import optimizer_pb2 as pb
+from hatchery.v1 import optimizer_pb2_grpc
+from optimizer_svc.coordinator import Coordinator, GenerationStats
+
+log = logging.getLogger("hatchery.optimizer")
+MAX_WORKER_ID = 256
+
+
+def _check_worker_id(worker_id: str) -> None:
+    if not worker_id or len(worker_id) > MAX_WORKER_ID:
+        raise ValueError(f"worker_id must be 1 to {MAX_WORKER_ID} characters, got {len(worker_id)}")
+
+
+class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
+    def __init__(self, coordinator: Coordinator, base_model_path: Path):
+        self.coordinator, self.base_model_path = coordinator, base_model_path
+
+    @invalid_argument_on_value_error
+    def Join(self, request: pb.JoinRequest, context) -> pb.JoinResponse:
+        _check_worker_id(request.worker_id)
+        c = self.coordinator
+        c.join(request.worker_id)
+        return pb.JoinResponse(run_id=c.run_dir.name, base_model_path=str(self.base_model_path),
+                               es=es_settings(c.cfg), grader=c.cfg.grader or c.task.grader)
+
+    @invalid_argument_on_value_error
+    def GetWork(self, request: pb.GetWorkRequest, context) -> pb.GetWorkResponse:
+        _check_worker_id(request.worker_id)
+        return self.coordinator.get_work(request.worker_id, request.applied_generation)
+
+    @invalid_argument_on_value_error
+    def ReportResult(self, request: pb.ReportResultRequest, context) -> pb.ReportResultResponse:
+        _check_worker_id(request.worker_id)
+        return self.coordinator.report(request)
+
+    def GetStatus(self, request, context) -> pb.GetStatusResponse:
+        return self.coordinator.status()
+
+
+def progress_line(stats: GenerationStats, total: int) -> str:
+    parts = [f"gen {stats.generation:>4}/{total}"]
+    if stats.reward_mean == stats.reward_mean:  # not NaN: a training generation
+        parts.append(f"reward mean {stats.reward_mean:.3f} max {stats.reward_max:.3f}")
+    else:
+        parts.append("final evaluation      ")
+    parts.append(f"held-out {stats.heldout_reward:.3f}" if stats.heldout_reward is not None else "held-out   -  ")
+    parts.append(f"{stats.tokens_per_second:6.1f} tok/s  {stats.seconds:5.2f} s/gen")
+    return "  ".join(parts)
+
+
+def serve(cfg: RunConfig, host: str, port: int, port_file: str | None, finish_grace_seconds: float = 3.0) -> int:
+    """Trains until the run ends; writes the model, metrics and plot into the run dir."""
+    run_dir = Path(cfg.run_dir)
+    base = resolve_model(cfg.model.source)
+    lm = load_model(base, cfg.model.dtype)
+    coordinator = Coordinator(cfg, lm, run_dir,
+                              on_generation=lambda s: print(progress_line(s, cfg.train.generations), flush=True))
+    server = Server([pb.DESCRIPTOR.services_by_name["OptimizerService"].full_name], host, port)
+    optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server(OptimizerServicer(coordinator, base), server.grpc)
+    stop = stop_event_on_signals()
+    server.start(port_file)
+    log.info("optimizer on %s, run dir %s", server.address, run_dir)
+    while not stop.is_set() and not coordinator.finished.wait(0.5):
+        pass
+    if coordinator.finished.is_set():
+        lm.model.save_pretrained(run_dir / "model")
+        lm.tokenizer.save_pretrained(run_dir / "model")
+        plot_rewards(run_dir / "metrics.jsonl", run_dir / "rewards.png", f"{cfg.task.name}: {run_dir.name}")
+        print(f"done: model in {run_dir / 'model'}, plot {run_dir / 'rewards.png'}", flush=True)
+        deadline = time.monotonic() + finish_grace_seconds  # let workers hear that the run is over
+        while time.monotonic() < deadline and not stop.is_set():
+            time.sleep(0.1)
+    server.stop()
+    return 0 if coordinator.finished.is_set() else 1
