@@ -1,0 +1,42 @@
+"""The in-process reference run: the services' own steps, without transport.
+
+Coordinator (optimizer side), Evaluator (worker side) and the graders are the
+objects the services wrap; here they talk by direct calls.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hatchery.config import RunConfig
+from hatchery.model import load_model
+from hatchery.settings import es_settings
+from hatchery.v1 import optimizer_pb2 as pb
+from hatchery.v1 import reward_pb2
+from inference_svc.evaluator import Evaluator
+from optimizer_svc.coordinator import Coordinator
+from reward_svc.graders import GRADERS
+from reward_svc.server import score_sample
+
+
+def run_reference(cfg: RunConfig, run_dir: Path) -> Coordinator:
+    coordinator = Coordinator(cfg, load_model(cfg.model.source, cfg.model.dtype), run_dir)
+    evaluator = Evaluator(load_model(cfg.model.source, cfg.model.dtype), es_settings(cfg))
+    grader = GRADERS[cfg.grader or coordinator.task.grader]
+    while True:
+        work = coordinator.get_work("reference", evaluator.applied_generation)
+        for record in work.updates:
+            evaluator.apply(record)
+        if work.finished:
+            return coordinator
+        lease = work.lease
+        completions = evaluator.evaluate(lease)
+        prompts = list(lease.prompts) * (len(completions.texts) // len(lease.prompts))
+        scores = [score_sample(grader, reward_pb2.Sample(prompt=p.text, completion=c, reference=p.reference,
+                                                         metadata=p.metadata))
+                  for c, p in zip(completions.texts, prompts)]
+        reply = coordinator.report(pb.ReportResultRequest(
+            worker_id="reference", lease_id=lease.lease_id, generation=lease.generation,
+            rewards=[s.score for s in scores], statuses=[s.status for s in scores],
+            weights_fingerprint=evaluator.fingerprint(), generated_tokens=completions.new_tokens))
+        assert reply.accepted, reply.reason

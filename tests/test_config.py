@@ -1,0 +1,43 @@
+"""The run config is validated before anything starts."""
+
+import subprocess
+import sys
+
+import pytest
+
+from hatchery.config import ConfigError, RunConfig, load_config, parse_config
+
+
+def test_default_config_is_valid():
+    cfg = load_config(None)
+    assert cfg == RunConfig() and cfg.es.population % 2 == 0
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"es": {"rnak": 2}}, "es.rnak"),
+    ({"extra": 1}, "extra"),
+    ({"es": {"population": 7}}, "es.population"),
+    ({"es": {"sigma": -1.0}}, "es.sigma"),
+    ({"es": {"sigma": "big"}}, "es.sigma"),
+    ({"es": {"lr": float("nan")}}, "es.lr"),
+    ({"es": {"shaping": "magic"}}, "es.shaping"),
+    ({"es": {"target_modules": ["("]}}, "es.target_modules"),
+    ({"train": {"generations": 0}}, "train.generations"),
+    ({"train": {"prompts_per_member": True}}, "train.prompts_per_member"),
+    ({"model": {"dtype": "float8"}}, "model.dtype"),
+    ({"task": {"name": "chess"}}, "task.name"),
+    ({"model": "smol"}, "model"),
+])
+def test_bad_values_are_refused_naming_the_key(data, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("[", r"\[")):
+        parse_config(data)
+
+
+def test_cli_refuses_a_bad_config_before_starting(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("es:\n  population: 5\n")
+    out = subprocess.run([sys.executable, "-m", "hatchery.cli", "run", str(bad)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2
+    assert "es.population" in out.stderr
+    assert not (tmp_path / "runs").exists()

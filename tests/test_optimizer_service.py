@@ -1,0 +1,103 @@
+"""The optimizer as a real gRPC server on loopback: leases, guards, status."""
+
+import grpc
+import pytest
+
+from hatchery.config import parse_config
+from hatchery.model import load_model
+from hatchery.serving import Server, channel
+from hatchery.v1 import optimizer_pb2 as pb
+from hatchery.v1 import optimizer_pb2_grpc, reward_pb2
+from optimizer_svc.coordinator import Coordinator
+from optimizer_svc.server import OptimizerServicer
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture()
+def optimizer(tiny_llama_dir, tmp_path):
+    cfg = parse_config({"run_dir": str(tmp_path / "run"), "model": {"source": str(tiny_llama_dir)},
+                        "task": {"heldout_size": 4}, "es": {"population": 4},
+                        "train": {"generations": 2, "prompts_per_member": 2, "eval_every": 100,
+                                  "members_per_lease": 2, "lease_timeout_seconds": 30}})
+    clock = Clock()
+    coordinator = Coordinator(cfg, load_model(tiny_llama_dir), tmp_path / "run", clock=clock)
+    server = Server([pb.DESCRIPTOR.services_by_name["OptimizerService"].full_name])
+    optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server(OptimizerServicer(coordinator, tiny_llama_dir),
+                                                              server.grpc)
+    server.start()
+    yield optimizer_pb2_grpc.OptimizerServiceStub(channel(server.address)), coordinator, clock
+    server.stop()
+
+
+def _result(lease, fingerprint, worker="w1", count=None, reward=1.0):
+    rows = lease.member_end - lease.member_start if lease.kind == pb.LEASE_KIND_TRAIN else 1
+    n = count if count is not None else rows * len(lease.prompts)
+    return pb.ReportResultRequest(worker_id=worker, lease_id=lease.lease_id, generation=lease.generation,
+                                  rewards=[reward] * n, statuses=[reward_pb2.SCORE_STATUS_OK] * n,
+                                  weights_fingerprint=fingerprint)
+
+
+def _invalid(call, *args):
+    with pytest.raises(grpc.RpcError) as err:
+        call(*args, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    return err.value.details()
+
+
+def test_join_and_leases_cover_the_population(optimizer):
+    stub, coordinator, _ = optimizer
+    joined = stub.Join(pb.JoinRequest(worker_id="w1"), timeout=10)
+    assert joined.es.population == 4 and joined.grader == "first_integer" and joined.base_model_path
+    evaluation, *leases = [stub.GetWork(pb.GetWorkRequest(worker_id="w1"), timeout=10).lease for _ in range(3)]
+    assert evaluation.kind == pb.LEASE_KIND_EVAL and len(evaluation.prompts) == 4  # held-out, at generation 0
+    assert [(lease.kind, lease.member_start, lease.member_end) for lease in leases] == [
+        (pb.LEASE_KIND_TRAIN, 0, 2), (pb.LEASE_KIND_TRAIN, 2, 4)]
+    assert not stub.GetWork(pb.GetWorkRequest(worker_id="w1"), timeout=10).HasField("lease")
+    fp = coordinator.weights_fingerprint
+    for lease in [evaluation, *leases]:
+        assert stub.ReportResult(_result(lease, fp, reward=float(lease.member_start)), timeout=10).accepted
+    work = stub.GetWork(pb.GetWorkRequest(worker_id="w1", applied_generation=0), timeout=10)
+    assert [u.generation for u in work.updates] == [0] and len(work.updates[0].fitness) == 4
+    assert work.lease.generation == 1
+    status = stub.GetStatus(pb.GetStatusRequest(), timeout=10)
+    assert status.generation == 1 and status.workers[0].leases_completed == 3
+    assert status.history[0].heldout_reward == 0.0 and status.history[0].reward_mean == 1.0
+
+
+def test_late_duplicate_and_mismatched_results_are_dropped(optimizer):
+    stub, coordinator, _ = optimizer
+    lease = stub.GetWork(pb.GetWorkRequest(worker_id="w1"), timeout=10).lease
+    reply = stub.ReportResult(_result(lease, "not-the-weights"), timeout=10)
+    assert not reply.accepted and "fingerprint" in reply.reason and coordinator.fingerprint_mismatches == 1
+    again = stub.GetWork(pb.GetWorkRequest(worker_id="w2"), timeout=10).lease
+    assert again.lease_id == lease.lease_id  # handed out again, not lost
+    assert stub.ReportResult(_result(again, coordinator.weights_fingerprint), timeout=10).accepted
+    duplicate = stub.ReportResult(_result(again, coordinator.weights_fingerprint), timeout=10)
+    assert not duplicate.accepted and "duplicate" in duplicate.reason
+
+
+def test_expired_lease_goes_to_another_worker(optimizer):
+    stub, coordinator, clock = optimizer
+    first = stub.GetWork(pb.GetWorkRequest(worker_id="slow"), timeout=10).lease
+    clock.now += 31
+    leases = [stub.GetWork(pb.GetWorkRequest(worker_id="fast"), timeout=10).lease for _ in range(2)]
+    assert first.lease_id in {lease.lease_id for lease in leases}
+    assert coordinator.lease_reassignments == 1
+    late = stub.ReportResult(_result(first, coordinator.weights_fingerprint, worker="slow"), timeout=10)
+    assert late.accepted  # the first answer wins; the reassigned copy's answer will be the duplicate
+
+
+def test_malformed_rpcs_get_invalid_argument_and_change_nothing(optimizer):
+    stub, coordinator, _ = optimizer
+    assert "worker_id" in _invalid(stub.Join, pb.JoinRequest())
+    assert "ahead" in _invalid(stub.GetWork, pb.GetWorkRequest(worker_id="w", applied_generation=5))
+    lease = stub.GetWork(pb.GetWorkRequest(worker_id="w"), timeout=10).lease
+    assert "needs 4 rewards" in _invalid(stub.ReportResult, _result(lease, coordinator.weights_fingerprint, count=3))
+    assert lease.lease_id in coordinator.outstanding and coordinator.generation == 0

@@ -1,0 +1,88 @@
+"""Per-row low-rank perturbations equal the materialised W + sigma E_i, row by row."""
+
+import pytest
+import torch
+
+import tiny
+from hatchery.es import NoiseKey, PopulationNoise, find_targets, materialised_member, perturbed
+
+SIGMA = 0.05
+
+
+def _setup(kind, rank, pairs=3):
+    tok = tiny.tokenizer()
+    model = tiny.model(kind, len(tok))
+    targets = find_targets(model)
+    key = NoiseKey(seed=11, epoch=2, rank=rank)
+    return tok, model, targets, key, PopulationNoise(targets, key, list(range(pairs)))
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("rank", [1, 4])
+def test_mixed_batch_logits_match_materialised_members(kind, rank):
+    tok, model, targets, key, noise = _setup(kind, rank)
+    members = [0, 5, None, 1, 2, 3]  # rows of one batch belong to different members (None: unperturbed)
+    ids = tok(["What is 3 + 4?"] * len(members), return_tensors="pt").input_ids
+    with torch.no_grad(), perturbed(targets, noise, members, SIGMA):
+        mixed = model(ids).logits
+    for row, member in enumerate(members):
+        if member is None:
+            with torch.no_grad():
+                expected = model(ids[row:row + 1]).logits[0]
+        else:
+            with torch.no_grad(), materialised_member(targets, key.seed, key.epoch, member, SIGMA, rank):
+                expected = model(ids[row:row + 1]).logits[0]
+        torch.testing.assert_close(mixed[row], expected, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        base = model(ids[:1]).logits[0]
+    assert (mixed[0] - base).abs().max() > 1e-3, "the perturbation must change the logits"
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gpt2"])
+def test_kv_cache_decoding_matches_materialised_members(kind):
+    tok, model, targets, key, noise = _setup(kind, rank=2)
+    members = [3, 0, 4]
+    ids = tok(["What is 9 - 2?"] * len(members), return_tensors="pt").input_ids
+    prefix, last = ids[:, :-1], ids[:, -1:]
+    with torch.no_grad(), perturbed(targets, noise, members, SIGMA):
+        cache = model(prefix, use_cache=True).past_key_values
+        step = model(last, past_key_values=cache, use_cache=True).logits[:, -1]
+        full = model(ids).logits[:, -1]
+    torch.testing.assert_close(step, full, atol=1e-4, rtol=1e-4)
+    for row, member in enumerate(members):
+        with torch.no_grad(), materialised_member(targets, key.seed, key.epoch, member, SIGMA, 2):
+            expected = model(ids[row:row + 1]).logits[0, -1]
+        torch.testing.assert_close(step[row], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_generate_rows_follow_their_members():
+    tok, model, targets, key, noise = _setup("llama", rank=1)
+    prompts = ["What is 1 + 2?", "What is 7 - 3?"]
+    members = [0, 0, 1, 1]
+    enc = tok(prompts * 2, return_tensors="pt", padding=True)
+    with torch.no_grad(), perturbed(targets, noise, members, SIGMA):
+        batched = model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+    for row, member in enumerate(members):
+        one = tok([prompts[row % 2]], return_tensors="pt")
+        with torch.no_grad(), materialised_member(targets, key.seed, key.epoch, member, SIGMA, 1):
+            alone = model.generate(**one, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+        assert batched[row, -6:].tolist() == alone[0, -6:].tolist()
+
+
+def test_targets_skip_tied_embeddings_and_lm_head():
+    tok = tiny.tokenizer()
+    for kind in ("llama", "gpt2"):
+        model = tiny.model(kind, len(tok))
+        names = [t.name for t in find_targets(model)]
+        assert names and not any("lm_head" in n or "embed" in n or "wte" in n for n in names)
+    gpt2_targets = find_targets(tiny.model("gpt2", len(tok)))
+    assert all(t.transposed for t in gpt2_targets)  # Conv1D
+    with pytest.raises(ValueError, match="nothing to perturb"):
+        find_targets(tiny.model("llama", len(tok)), target_modules=["no_such_module"])
+
+
+def test_row_count_mismatch_is_refused():
+    tok, model, targets, key, noise = _setup("llama", rank=1)
+    ids = tok(["x"] * 3, return_tensors="pt").input_ids
+    with pytest.raises(RuntimeError, match="member map has 2"), perturbed(targets, noise, [0, 1], SIGMA):
+        model(ids)
