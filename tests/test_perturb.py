@@ -5,6 +5,7 @@ import torch
 
 import tiny
 from hatchery.es import NoiseKey, PopulationNoise, find_targets, materialised_member, perturbed
+from hatchery.es.perturb import pair_groups
 
 SIGMA = 0.05
 
@@ -17,11 +18,19 @@ def _setup(kind, rank, pairs=3):
     return tok, model, targets, key, PopulationNoise(targets, key, list(range(pairs)))
 
 
+LAYOUTS = {
+    "any order": [0, 5, None, 1, 2, 3],  # rows gather their own factors; None is unperturbed
+    "all pairs grouped": [0, 1, 2, 3, 4, 5],  # each pair's rows contiguous: factors read once per pair
+    "some pairs grouped": [4, 5, 4, 5, 0, 1, 1, 0],
+}
+
+
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "gpt2"])
 @pytest.mark.parametrize("rank", [1, 4])
-def test_mixed_batch_logits_match_materialised_members(kind, rank):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_mixed_batch_logits_match_materialised_members(kind, rank, layout):
     tok, model, targets, key, noise = _setup(kind, rank)
-    members = [0, 5, None, 1, 2, 3]  # rows of one batch belong to different members (None: unperturbed)
+    members = LAYOUTS[layout]  # rows of one batch belong to different members
     ids = tok(["What is 3 + 4?"] * len(members), return_tensors="pt").input_ids
     with torch.no_grad(), perturbed(targets, noise, members, SIGMA):
         mixed = model(ids).logits
@@ -36,6 +45,13 @@ def test_mixed_batch_logits_match_materialised_members(kind, rank):
     with torch.no_grad():
         base = model(ids[:1]).logits[0]
     assert (mixed[0] - base).abs().max() > 1e-3, "the perturbation must change the logits"
+
+
+def test_pair_groups_recognises_only_contiguous_equal_groups():
+    assert pair_groups([0, 1, 0, 1, 6, 7, 7, 6]) == ([0, 3], 4)
+    assert pair_groups([0, 1, 2]) is None  # pair 1 has one row, pair 0 two
+    assert pair_groups([0, 2, 1, 3]) is None  # pair 0's rows are not contiguous
+    assert pair_groups([0, None]) is None
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "gpt2"])

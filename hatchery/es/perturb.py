@@ -10,8 +10,8 @@ model, and the model's structure and state dict stay untouched.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 
@@ -66,6 +66,25 @@ def row_layout(members: Sequence[int | None], noise: PopulationNoise, sigma: flo
             torch.tensor(scales, dtype=dtype, device=device))
 
 
+def pair_groups(members: Sequence[int | None]) -> tuple[list[int], int] | None:
+    """(pairs in row order, rows per pair) when the rows of each pair are contiguous
+    and every pair has the same number of rows, else None.
+
+    In that layout one pair's factors are read once for all of its rows (both
+    signs, every prompt) instead of being gathered per row: at decode time the
+    factor reads rival the weight reads, so this is what keeps EGGROLL close to
+    plain inference.
+    """
+    if not members or any(m is None for m in members):
+        return None
+    pairs = [m // 2 for m in members]
+    order = list(dict.fromkeys(pairs))
+    size, rest = divmod(len(pairs), len(order))
+    if rest or pairs != [p for p in order for _ in range(size)]:
+        return None
+    return order, size
+
+
 @contextlib.contextmanager
 def perturbed(targets: Sequence[Target], noise: PopulationNoise, members: Sequence[int | None],
               sigma: float) -> Iterator[None]:
@@ -77,18 +96,25 @@ def perturbed(targets: Sequence[Target], noise: PopulationNoise, members: Sequen
     w = targets[0].weight
     slots, scales = row_layout(members, noise, sigma, w.device, w.dtype)
     rows = len(members)
-    scales3 = scales.view(rows, 1, 1)
+    grouped = pair_groups(members)
+    if grouped is None:  # any row order: each row gathers its own pair's factors
+        groups, index = rows, slots
+    else:
+        groups, index = len(grouped[0]), torch.tensor([noise.slot(p) for p in grouped[0]], device=w.device)
+    whole = groups == len(noise.pairs) and torch.equal(index.cpu(), torch.arange(groups))
 
     def make_hook(target: Target):
         a_t, b = noise.a_t[target.name], noise.b[target.name]
+        if not whole:  # gathered once here, not at every decode step
+            a_t, b = a_t.index_select(0, index), b.index_select(0, index)
 
         def hook(module, args, output):
             x = args[0]
             if x.shape[0] != rows:
                 raise RuntimeError(f"batch has {x.shape[0]} rows but the member map has {rows}")
-            xs = x.reshape(rows, -1, x.shape[-1])
-            h = torch.bmm(xs, b.index_select(0, slots)) * scales3
-            return output + torch.bmm(h, a_t.index_select(0, slots)).view_as(output)
+            h = torch.bmm(x.reshape(groups, -1, x.shape[-1]), b)
+            h = (h.view(rows, -1, h.shape[-1]) * scales.view(rows, 1, 1)).view_as(h)
+            return output.view(groups, -1, output.shape[-1]).baddbmm_(h, a_t).view_as(output)
 
         return hook
 
