@@ -75,11 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from hatchery.config import ConfigError, load_config
-
     if args.command in ("run", "optimizer"):
+        from hatchery.config import ConfigError, load_config, with_fresh_run_dir
+
         try:
-            cfg = load_config(args.config)
+            cfg = with_fresh_run_dir(load_config(args.config))
         except (ConfigError, OSError) as err:
             print(f"hatchery: bad config: {err}", file=sys.stderr)
             return 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +72,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    run_dir: str = "runs/default"
+    run_dir: str = ""  # empty: runs/<date>-<time> under the current directory
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     es: EsConfig = field(default_factory=EsConfig)
@@ -165,6 +166,15 @@ def parse_config(data: dict[str, Any] | None) -> RunConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"config must be a mapping at the top level, got {type(data).__name__}")
     return validate(_build(RunConfig, data))
+
+
+def with_fresh_run_dir(cfg: RunConfig) -> RunConfig:
+    """Names the run dir when the config leaves it empty, and refuses one that already
+    holds a run: its update log is never appended to or overwritten by another run."""
+    run_dir = Path(cfg.run_dir or time.strftime("runs/%Y%m%d-%H%M%S"))
+    if (run_dir / "updates.jsonl").exists():
+        raise ConfigError(f"run_dir: {run_dir} already holds a run (updates.jsonl); choose another run_dir")
+    return dataclasses.replace(cfg, run_dir=str(run_dir))
 
 
 def load_config(path: str | Path | None) -> RunConfig:

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from hatchery.config import ConfigError, RunConfig, load_config, parse_config
+from hatchery.config import ConfigError, RunConfig, load_config, parse_config, with_fresh_run_dir
 
 
 def test_default_config_is_valid():
@@ -35,9 +35,16 @@ def test_bad_values_are_refused_naming_the_key(data, key):
 
 def test_cli_refuses_a_bad_config_before_starting(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("es:\n  population: 5\n")
+    bad.write_text(f"run_dir: {tmp_path / 'run'}\nes:\n  population: 5\n")
     out = subprocess.run([sys.executable, "-m", "hatchery.cli", "run", str(bad)], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 2
     assert "es.population" in out.stderr
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_a_run_dir_is_never_reused(tmp_path):
+    assert with_fresh_run_dir(RunConfig()).run_dir.startswith("runs/")
+    (tmp_path / "updates.jsonl").write_text("")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        with_fresh_run_dir(parse_config({"run_dir": str(tmp_path)}))
