@@ -122,7 +122,8 @@ def run_local(cfg: RunConfig) -> int:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        print(watch.stop(), flush=True)
-        (run_dir / "memory.txt").write_text(watch.stop() + "\n")
+        memory = watch.stop()
+        print(memory, flush=True)
+        (run_dir / "memory.txt").write_text(memory + "\n")
 
 

@@ -13,9 +13,9 @@ import random
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import yaml
@@ -38,7 +38,6 @@ def _proto_prompts(prompts: list[TaskPrompt]) -> list[pb.Prompt]:
 @dataclass
 class _Outstanding:
     lease: pb.Lease
-    worker_id: str
     deadline: float
 
 
@@ -153,7 +152,7 @@ class Coordinator:
             lease = self.pending.popleft()
             if self.train_started is None:
                 self.train_started = self.clock()
-            self.outstanding[lease.lease_id] = _Outstanding(lease, worker_id, self.clock() + lease.deadline_seconds)
+            self.outstanding[lease.lease_id] = _Outstanding(lease, self.clock() + lease.deadline_seconds)
             response.lease.CopyFrom(lease)
             return response
 

@@ -25,7 +25,8 @@ class UpdateLog:
     def append(self, record: pb.UpdateRecord) -> None:
         if record.generation != len(self.records):
             raise ValueError(f"record for generation {record.generation}, log holds {len(self.records)}")
-        line = json.dumps(json_format.MessageToDict(record, preserving_proto_field_name=True), sort_keys=True)
+        line = json.dumps(json_format.MessageToDict(record, preserving_proto_field_name=True,
+                                                     always_print_fields_with_no_presence=True), sort_keys=True)
         self._file.write(line + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())

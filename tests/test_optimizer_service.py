@@ -1,5 +1,9 @@
 """The optimizer as a real gRPC server on loopback: leases, guards, status."""
 
+import json
+import subprocess
+import sys
+
 import grpc
 import pytest
 
@@ -32,7 +36,9 @@ def optimizer(tiny_llama_dir, tmp_path):
     optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server(OptimizerServicer(coordinator, tiny_llama_dir),
                                                               server.grpc)
     server.start()
-    yield optimizer_pb2_grpc.OptimizerServiceStub(channel(server.address)), coordinator, clock
+    stub = optimizer_pb2_grpc.OptimizerServiceStub(channel(server.address))
+    stub.address = server.address
+    yield stub, coordinator, clock
     server.stop()
 
 
@@ -101,3 +107,12 @@ def test_malformed_rpcs_get_invalid_argument_and_change_nothing(optimizer):
     lease = stub.GetWork(pb.GetWorkRequest(worker_id="w"), timeout=10).lease
     assert "needs 4 rewards" in _invalid(stub.ReportResult, _result(lease, coordinator.weights_fingerprint, count=3))
     assert lease.lease_id in coordinator.outstanding and coordinator.generation == 0
+
+
+def test_status_command_prints_the_run(optimizer):
+    stub, coordinator, _ = optimizer
+    stub.GetWork(pb.GetWorkRequest(worker_id="w7"), timeout=10)
+    out = subprocess.run([sys.executable, "-m", "hatchery.cli", "status", stub.address], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    status = json.loads(out)
+    assert status["run_id"] == coordinator.run_dir.name and status["workers"][0]["worker_id"] == "w7"
