@@ -5,7 +5,8 @@ import random
 import pytest
 
 from hatchery.tasks import arith, countdown, countdown_problem
-from reward_svc.graders import NotApplicable, countdown as countdown_grade, first_integer, length, _safe_eval
+from reward_svc.graders import NotApplicable, _safe_eval, first_integer, length
+from reward_svc.graders import countdown as countdown_grade
 
 META = {"numbers": "3,5,7", "target": "22"}
 

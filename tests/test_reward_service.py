@@ -34,7 +34,8 @@ def test_scores_a_batch_in_order_with_statuses(stub):
 
 def test_countdown_sub_scores(stub):
     rewards, _ = stub
-    sample = pb.Sample(completion="x</think>\n<answer>3 * 5 + 7</answer>", metadata={"numbers": "3,5,7", "target": "22"})
+    sample = pb.Sample(completion="x</think>\n<answer>3 * 5 + 7</answer>",
+                       metadata={"numbers": "3,5,7", "target": "22"})
     (result,) = rewards.Score(pb.ScoreRequest(samples=[sample], grader="countdown"), timeout=10).results
     assert result.score == pytest.approx(1.1)
     assert dict(result.sub_scores) == {"format": 1.0, "answer": 1.0}

@@ -6,8 +6,17 @@ import torch
 from torch import nn
 
 import tiny
-from hatchery.es import (EsUpdater, NoiseKey, PopulationNoise, StepRule, find_targets, member_noise,
-                         openes_update, perturbed, shape_fitness)
+from hatchery.es import (
+    EsUpdater,
+    NoiseKey,
+    PopulationNoise,
+    StepRule,
+    find_targets,
+    member_noise,
+    openes_update,
+    perturbed,
+    shape_fitness,
+)
 
 
 def test_update_equals_explicit_sum_of_member_noise():

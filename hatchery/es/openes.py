@@ -8,7 +8,7 @@ same low-rank noise EGGROLL uses, so benchmarks compare like with like.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch

@@ -8,8 +8,8 @@ even when the model computes in bf16/fp16, where updates of 1e-5 would vanish.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
