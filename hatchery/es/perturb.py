@@ -38,13 +38,13 @@ class PopulationNoise:
         self.pairs = list(pairs)
         self._slot = {p: i for i, p in enumerate(self.pairs)}
         self.a_t: dict[str, torch.Tensor] = {}  # (pairs, r, out)
-        self.b: dict[str, torch.Tensor] = {}  # (pairs, in, r)
+        self.b_t: dict[str, torch.Tensor] = {}  # (pairs, r, in)
         for t in targets:
             factors = [low_rank_factors(key.seed, key.epoch, p, t.name, t.out_features, t.in_features, key.rank)
                        for p in self.pairs]
             w = t.weight
             self.a_t[t.name] = torch.stack([a.t() for a, _ in factors]).to(device or w.device, dtype or w.dtype)
-            self.b[t.name] = torch.stack([b for _, b in factors]).to(device or w.device, dtype or w.dtype)
+            self.b_t[t.name] = torch.stack([b.t() for _, b in factors]).to(device or w.device, dtype or w.dtype)
 
     def slot(self, pair: int) -> int:
         return self._slot[pair]
@@ -102,19 +102,21 @@ def perturbed(targets: Sequence[Target], noise: PopulationNoise, members: Sequen
     else:
         groups, index = len(grouped[0]), torch.tensor([noise.slot(p) for p in grouped[0]], device=w.device)
     whole = groups == len(noise.pairs) and torch.equal(index.cpu(), torch.arange(groups))
+    row_scales = scales.view(groups, 1, rows // groups, 1)  # broadcasts over (group, r, row in group, token)
 
     def make_hook(target: Target):
-        a_t, b = noise.a_t[target.name], noise.b[target.name]
+        a_t, b_t = noise.a_t[target.name], noise.b_t[target.name]
         if not whole:  # gathered once here, not at every decode step
-            a_t, b = a_t.index_select(0, index), b.index_select(0, index)
+            a_t, b_t = a_t.index_select(0, index), b_t.index_select(0, index)
 
         def hook(module, args, output):
             x = args[0]
             if x.shape[0] != rows:
                 raise RuntimeError(f"batch has {x.shape[0]} rows but the member map has {rows}")
-            h = torch.bmm(x.reshape(groups, -1, x.shape[-1]), b)
-            h = (h.view(rows, -1, h.shape[-1]) * scales.view(rows, 1, 1)).view_as(h)
-            return output.view(groups, -1, output.shape[-1]).baddbmm_(h, a_t).view_as(output)
+            # (B^T x^T) with the skinny factor on the left runs 2-3x faster on CPU BLAS than x B.
+            h_t = torch.bmm(b_t, x.reshape(groups, -1, x.shape[-1]).transpose(1, 2))  # (groups, r, rows*tokens)
+            h_t = h_t.view(groups, h_t.shape[1], rows // groups, -1).mul_(row_scales).view_as(h_t)
+            return output.view(groups, -1, output.shape[-1]).baddbmm_(h_t.transpose(1, 2), a_t).view_as(output)
 
         return hook
 
