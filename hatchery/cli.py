@@ -13,9 +13,14 @@ def _env_defaults(parser: argparse.ArgumentParser, prefix: str) -> None:
     """Every flag --some-flag can also come from $HATCHERY_SOME_FLAG (flags win)."""
     for action in parser._actions:
         env = f"{prefix}{action.dest.upper()}"
-        if action.dest != "help" and env in os.environ:
-            action.default = action.type(os.environ[env]) if action.type else os.environ[env]
-            action.required = False
+        if action.dest == "help" or env not in os.environ:
+            continue
+        value = os.environ[env]
+        if isinstance(action, argparse._StoreTrueAction):
+            action.default = value.strip().lower() in ("1", "true", "yes")
+        else:
+            action.default = action.type(value) if action.type else value
+        action.required = False
 
 
 def _quiet_libraries() -> None:
@@ -38,9 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="start optimizer, inference and reward services locally and train")
     run.add_argument("config", nargs="?", default=None, help="run config YAML (default: the embedded default)")
+    run.add_argument("--resume", metavar="RUN_DIR", default=None,
+                     help="continue the run in RUN_DIR where it stopped, with the config it was started with")
 
     opt = sub.add_parser("optimizer", help="serve hatchery.v1.OptimizerService and drive a run")
     opt.add_argument("--config", default=None, help="run config YAML (default: the embedded default)")
+    opt.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR")
     _add_server_flags(opt, 50051)
 
     inf = sub.add_parser("inference", help="serve hatchery.v1.InferenceService and evaluate leases")
@@ -48,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--optimizer-address", required=True, help="host:port of the optimizer service")
     inf.add_argument("--reward-address", required=True, help="host:port of the reward service")
     inf.add_argument("--worker-id", default="", help="unique worker name (default: host name and port)")
+    inf.add_argument("--fetch-checkpoints", action="store_true",
+                     help="stream checkpoints over gRPC even when the optimizer's path is visible here")
 
     from reward_svc.graders import GRADERS  # pure Python: keeps torch out of the reward process
 
@@ -76,17 +86,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.command in ("run", "optimizer"):
-        from hatchery.config import ConfigError, load_config, with_fresh_run_dir
+        from hatchery.config import ConfigError, load_config, resumed_config, with_fresh_run_dir
 
         try:
-            cfg = with_fresh_run_dir(load_config(args.config))
+            if args.resume and args.config:
+                raise ConfigError("give a config or --resume RUN_DIR, not both")
+            cfg = resumed_config(args.resume) if args.resume else with_fresh_run_dir(load_config(args.config))
         except (ConfigError, OSError) as err:
             print(f"hatchery: bad config: {err}", file=sys.stderr)
             return 2
     if args.command == "run":
         from hatchery.launcher import run_local
 
-        return run_local(cfg)
+        return run_local(cfg, resume=bool(args.resume))
     if args.command == "status":
         from google.protobuf import json_format
 
@@ -120,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(cfg, args.host, args.port, args.port_file)
     from inference_svc.server import serve
 
-    serve(args.host, args.port, args.port_file, args.optimizer_address, args.reward_address, args.worker_id)
+    serve(args.host, args.port, args.port_file, args.optimizer_address, args.reward_address, args.worker_id,
+          args.fetch_checkpoints)
     return 0
 
 

@@ -68,6 +68,8 @@ class TrainConfig:
     eval_every: int = 10  # held-out evaluation every this many generations (and at the end)
     members_per_lease: int = 0  # 0: the whole population in one lease
     lease_timeout_seconds: float = 600.0
+    checkpoint_every: int = 10  # a checkpoint every this many generations; 0: none (resume replays the whole log)
+    checkpoints_kept: int = 2
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(tr.eval_every >= 1, "train.eval_every", "must be >= 1", tr.eval_every)
     _check(tr.members_per_lease >= 0, "train.members_per_lease", "must be >= 0", tr.members_per_lease)
     _check(tr.lease_timeout_seconds > 0, "train.lease_timeout_seconds", "must be > 0", tr.lease_timeout_seconds)
+    _check(tr.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0", tr.checkpoint_every)
+    _check(tr.checkpoints_kept >= 1, "train.checkpoints_kept", "must be >= 1", tr.checkpoints_kept)
     return cfg
 
 
@@ -175,6 +179,14 @@ def with_fresh_run_dir(cfg: RunConfig) -> RunConfig:
     if (run_dir / "updates.jsonl").exists():
         raise ConfigError(f"run_dir: {run_dir} already holds a run (updates.jsonl); choose another run_dir")
     return dataclasses.replace(cfg, run_dir=str(run_dir))
+
+
+def resumed_config(run_dir: str | Path) -> RunConfig:
+    """The config a run was started with, read back from its run dir."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"--resume: {run_dir} holds no run ({path.name} is missing)")
+    return dataclasses.replace(load_config(path), run_dir=str(run_dir))
 
 
 def load_config(path: str | Path | None) -> RunConfig:

@@ -6,6 +6,7 @@ with a port file to learn its bound port, so nothing here is a shortcut.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -55,13 +56,15 @@ class MemoryWatch:
         return f"peak resident memory (GiB): {parts}; all together {self.peak_total / 2**30:.2f}"
 
 
-def _spawn(args: list[str], log_path: Path | None = None) -> subprocess.Popen:
+def spawn_service(args: list[str], log_path: Path | None = None,
+                  env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`hatchery ARGS` as a child process; env adds to (not replaces) this environment."""
     out = open(log_path, "w") if log_path else None
     return subprocess.Popen([sys.executable, "-m", "hatchery.cli", *args], stdout=out or None,
-                            stderr=subprocess.STDOUT if out else None)
+                            stderr=subprocess.STDOUT if out else None, env={**os.environ, **(env or {})})
 
 
-def _wait_port(path: Path, proc: subprocess.Popen, name: str, timeout: float = 600.0) -> int:
+def wait_for_port(path: Path, proc: subprocess.Popen, name: str, timeout: float = 600.0) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists():
@@ -72,7 +75,7 @@ def _wait_port(path: Path, proc: subprocess.Popen, name: str, timeout: float = 6
     raise TimeoutError(f"the {name} service did not start within {timeout:.0f} s")
 
 
-def _supervise(procs: dict[str, subprocess.Popen]) -> int:
+def _supervise(procs: dict[str, subprocess.Popen], run_dir: Path) -> int:
     """Waits for the optimizer to finish; a service that dies first ends the run with an error
     (a worker exits 0 on its own once it has heard that the run is over)."""
     while True:
@@ -80,6 +83,9 @@ def _supervise(procs: dict[str, subprocess.Popen]) -> int:
         if code is not None:
             if code == 0:
                 procs["inference"].wait(timeout=60)
+            else:
+                print(f"hatchery: the optimizer service exited with code {code}; "
+                      f"continue with: hatchery run --resume {run_dir}", file=sys.stderr, flush=True)
             return code
         for name, proc in procs.items():
             if proc.poll() is not None and not (name == "inference" and proc.returncode == 0):
@@ -89,30 +95,35 @@ def _supervise(procs: dict[str, subprocess.Popen]) -> int:
         time.sleep(0.2)
 
 
-def run_local(cfg: RunConfig) -> int:
-    """Starts reward, optimizer and one inference worker; returns the optimizer's exit code."""
+def run_local(cfg: RunConfig, resume: bool = False) -> int:
+    """Starts reward, optimizer and one inference worker; returns the optimizer's exit code.
+    With resume, the optimizer continues the run in cfg.run_dir."""
     run_dir = Path(cfg.run_dir)
     ports = run_dir / "ports"
     ports.mkdir(parents=True, exist_ok=True)
     for stale in ports.glob("*"):
         stale.unlink()
-    config_path = run_dir / "run-config.yaml"
-    config_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if resume:
+        run_args = ["--resume", str(run_dir)]
+    else:
+        config_path = run_dir / "run-config.yaml"
+        config_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        run_args = ["--config", str(config_path)]
     common = ["--host", HOST, "--port", "0"]
     procs: dict[str, subprocess.Popen] = {}
     watch = MemoryWatch(procs)
     try:
-        procs["reward"] = _spawn(["reward", *common, "--port-file", str(ports / "reward")], run_dir / "reward.log")
-        procs["optimizer"] = _spawn(["optimizer", "--config", str(config_path), *common,
-                                     "--port-file", str(ports / "optimizer")])
+        procs["reward"] = spawn_service(["reward", *common, "--port-file", str(ports / "reward")],
+                                        run_dir / "reward.log")
+        procs["optimizer"] = spawn_service(["optimizer", *run_args, *common, "--port-file", str(ports / "optimizer")])
         watch.start()
-        reward_port = _wait_port(ports / "reward", procs["reward"], "reward")
-        optimizer_port = _wait_port(ports / "optimizer", procs["optimizer"], "optimizer")
-        procs["inference"] = _spawn(["inference", *common, "--port-file", str(ports / "inference"),
-                                     "--optimizer-address", f"{HOST}:{optimizer_port}",
-                                     "--reward-address", f"{HOST}:{reward_port}", "--worker-id", "local-0"],
-                                    run_dir / "inference.log")
-        return _supervise(procs)
+        reward_port = wait_for_port(ports / "reward", procs["reward"], "reward")
+        optimizer_port = wait_for_port(ports / "optimizer", procs["optimizer"], "optimizer")
+        procs["inference"] = spawn_service(["inference", *common, "--port-file", str(ports / "inference"),
+                                            "--optimizer-address", f"{HOST}:{optimizer_port}",
+                                            "--reward-address", f"{HOST}:{reward_port}", "--worker-id", "local-0"],
+                                           run_dir / "inference.log")
+        return _supervise(procs, run_dir)
     finally:
         for proc in procs.values():
             if proc.poll() is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from hatchery.es import EsUpdater, NoiseKey, PopulationNoise, find_targets, perturbed
 from hatchery.model import Completions, LoadedModel, fingerprint, generate
 from hatchery.settings import step_rule
@@ -24,6 +26,11 @@ class Evaluator:
             raise ValueError(f"update for generation {record.generation} but weights are at {self.applied_generation}")
         self.updater.apply(record.noise_epoch, record.lr, list(record.fitness))
         self.applied_generation += 1
+
+    def restore(self, generation: int, state: dict[str, torch.Tensor], steps: int) -> None:
+        """Jumps to a checkpoint that covers `generation` update records."""
+        self.updater.load_state_dict(state, steps)
+        self.applied_generation = generation
 
     def fingerprint(self) -> str:
         return fingerprint(self.targets)

@@ -6,14 +6,19 @@ health checking: NOT_SERVING until its replica of the weights is ready.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 
+from hatchery.checkpoint import Checkpoint, checkpoint_path
+from hatchery.failpoints import failpoint
 from hatchery.model import generate, load_model
 from hatchery.serving import Server, channel, invalid_argument_on_value_error, stop_event_on_signals
 from hatchery.v1 import inference_pb2, inference_pb2_grpc, optimizer_pb2_grpc, reward_pb2, reward_pb2_grpc
@@ -22,6 +27,7 @@ from inference_svc.evaluator import Evaluator
 
 log = logging.getLogger("hatchery.inference")
 RPC_TIMEOUT = 30.0
+JOIN_ATTEMPTS = 3
 MAX_GENERATE_PROMPTS = 256
 MAX_GENERATE_TOKENS = 4096
 
@@ -29,8 +35,9 @@ MAX_GENERATE_TOKENS = 4096
 class Worker:
     """The pull loop. Owns the Evaluator; the gRPC servicer only reads its state."""
 
-    def __init__(self, worker_id: str, optimizer_address: str, reward_address: str):
+    def __init__(self, worker_id: str, optimizer_address: str, reward_address: str, fetch_checkpoints: bool = False):
         self.worker_id = worker_id
+        self.fetch_checkpoints = fetch_checkpoints  # stream checkpoints over gRPC even when the path is visible
         self.optimizer = optimizer_pb2_grpc.OptimizerServiceStub(channel(optimizer_address))
         self.reward = reward_pb2_grpc.RewardServiceStub(channel(reward_address))
         self.evaluator: Evaluator | None = None
@@ -40,14 +47,48 @@ class Worker:
         self.lock = threading.Lock()  # one generate() at a time on the replica
 
     def join(self) -> None:
-        """Waits for the optimizer, then builds the replica of the base weights."""
-        request = pb.JoinRequest(worker_id=self.worker_id)
-        joined = self.optimizer.Join(request, timeout=600, wait_for_ready=True)
-        lm = load_model(Path(joined.base_model_path), joined.es.dtype)
+        """Waits for the optimizer, then builds the replica: base model, newest checkpoint;
+        GetWork then brings the update records after it."""
+        for attempt in range(JOIN_ATTEMPTS):
+            joined = self.optimizer.Join(pb.JoinRequest(worker_id=self.worker_id), timeout=600, wait_for_ready=True)
+            evaluator = Evaluator(load_model(Path(joined.base_model_path), joined.es.dtype), joined.es)
+            if joined.HasField("checkpoint"):
+                try:
+                    with self._checkpoint(joined.checkpoint) as ckpt:
+                        evaluator.restore(ckpt.generation, *ckpt.load())
+                except grpc.RpcError as err:
+                    if err.code() != grpc.StatusCode.NOT_FOUND or attempt + 1 == JOIN_ATTEMPTS:
+                        raise
+                    log.info("checkpoint %d was replaced while joining; joining again", joined.checkpoint.generation)
+                    continue
+            break
         with self.lock:
-            self.evaluator = Evaluator(lm, joined.es)
+            self.evaluator = evaluator
             self.run_id, self.grader = joined.run_id, joined.grader
-        log.info("worker %s joined run %s", self.worker_id, self.run_id)
+        log.info("worker %s joined run %s at generation %d", self.worker_id, self.run_id,
+                 evaluator.applied_generation)
+
+    @contextlib.contextmanager
+    def _checkpoint(self, info: pb.CheckpointInfo) -> Iterator[Checkpoint]:
+        """The checkpoint file: read in place when this worker sees the optimizer's
+        storage, else streamed over gRPC into a temporary file."""
+        shared = Path(info.path)
+        if not self.fetch_checkpoints and shared.is_file() and shared.stat().st_size == info.size_bytes:
+            yield Checkpoint(info.generation, shared)
+            return
+        with tempfile.TemporaryDirectory(prefix="hatchery-ckpt-") as tmp:
+            path = checkpoint_path(Path(tmp), info.generation)
+            received = 0
+            with open(path, "wb") as f:
+                for chunk in self.optimizer.FetchCheckpoint(pb.FetchCheckpointRequest(generation=info.generation),
+                                                            timeout=600):
+                    if chunk.offset != received or chunk.size_bytes != info.size_bytes:
+                        raise RuntimeError(f"checkpoint stream out of order at byte {received}")
+                    f.write(chunk.data)
+                    received += len(chunk.data)
+            if received != info.size_bytes:
+                raise RuntimeError(f"checkpoint stream ended at {received} of {info.size_bytes} bytes")
+            yield Checkpoint(info.generation, path)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -62,12 +103,15 @@ class Worker:
             if not work.HasField("lease"):
                 stop.wait(work.retry_after_seconds)
                 continue
+            failpoint("lease_received", work.lease.generation)
             result = self.evaluate(work.lease)
             reply = self.optimizer.ReportResult(result, timeout=RPC_TIMEOUT)
             if reply.accepted:
                 self.leases_completed += 1
             else:
                 log.warning("lease %s dropped: %s", work.lease.lease_id, reply.reason)
+            if reply.resync:
+                self.join()
 
     def evaluate(self, lease: pb.Lease) -> pb.ReportResultRequest:
         with self.lock:
@@ -114,9 +158,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
 
 def serve(host: str, port: int, port_file: str | None, optimizer_address: str, reward_address: str,
-          worker_id: str) -> None:
+          worker_id: str, fetch_checkpoints: bool = False) -> None:
     server = Server([inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name], host, port)
-    worker = Worker(worker_id or f"{socket.gethostname()}-{server.port}", optimizer_address, reward_address)
+    worker = Worker(worker_id or f"{socket.gethostname()}-{server.port}", optimizer_address, reward_address,
+                    fetch_checkpoints)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(worker), server.grpc)
     stop = stop_event_on_signals()
     server.start(port_file, serving=False)

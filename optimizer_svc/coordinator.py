@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import random
 import threading
 import time
@@ -16,12 +17,15 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import yaml
 
+from hatchery.checkpoint import Checkpoint, latest_checkpoint, remove_partial_checkpoints, write_checkpoint
 from hatchery.config import RunConfig
 from hatchery.es import EsUpdater, find_targets, shape_fitness
+from hatchery.failpoints import failpoint
 from hatchery.model import LoadedModel, fingerprint
 from hatchery.settings import es_settings, step_rule
 from hatchery.tasks import Task, TaskPrompt, load_task
@@ -64,6 +68,16 @@ class GenerationStats:
     def tokens_per_second(self) -> float:
         return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
 
+    def to_json(self, final: bool) -> str:
+        row = {**self.__dict__, "tokens_per_second": self.tokens_per_second, "final": final}
+        return json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+
+    @classmethod
+    def from_json(cls, line: str) -> GenerationStats:
+        row = json.loads(line)
+        del row["tokens_per_second"], row["final"]
+        return cls(**{k: (math.nan if v is None and k != "heldout_reward" else v) for k, v in row.items()})
+
 
 class Coordinator:
     """One run: hands out leases, collects rewards, shapes, updates, logs."""
@@ -77,22 +91,55 @@ class Coordinator:
         self.max_new_tokens = cfg.task.max_new_tokens or self.task.max_new_tokens
         self.targets = find_targets(lm.model, cfg.es.target_modules, cfg.es.exclude_modules)
         self.updater = EsUpdater(self.targets, cfg.es.seed, cfg.es.rank, step_rule(es_settings(cfg)))
+        self.checkpoint_dir = run_dir / "checkpoints"
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if not (run_dir / "updates.jsonl").exists():
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.log = UpdateLog(run_dir / "updates.jsonl")
-        self._metrics = open(run_dir / "metrics.jsonl", "w", encoding="utf-8")
-        self.history: list[GenerationStats] = []
+        self.checkpoint = self._restore_weights()
+        self.generation = len(self.log.records)
+        self.history = self._restore_history()
+        self._metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self.seconds_before = sum(s.seconds for s in self.history)  # spent by earlier processes of this run
         self.workers: dict[str, _Worker] = {}
         self.fingerprint_mismatches = 0
         self.lease_reassignments = 0
-        self.generation = 0
-        self.training_done = False  # no more updates; only the final held-out evaluation remains
+        # training_done: no more updates; only the final held-out evaluation remains
+        self.training_done = self._training_over(self.seconds_before)
         self.finished = threading.Event()
         self.train_started: float | None = None
         self.weights_fingerprint = fingerprint(self.targets)
         self._lease_ids = itertools.count()
         self._lock = threading.RLock()
         self._open_generation()
+
+    # -- resume -------------------------------------------------------------------
+
+    def _restore_weights(self) -> Checkpoint | None:
+        """Weights after every logged record: the newest checkpoint plus the records after it."""
+        remove_partial_checkpoints(self.checkpoint_dir)
+        ckpt = latest_checkpoint(self.checkpoint_dir)
+        records = self.log.records
+        if ckpt is not None:
+            if ckpt.generation > len(records):
+                raise ValueError(f"{ckpt.path} covers {ckpt.generation} generations but the log holds {len(records)}")
+            self.updater.load_state_dict(*ckpt.load())
+        for record in records[ckpt.generation if ckpt else 0:]:
+            self.updater.apply(record.noise_epoch, record.lr, list(record.fitness))
+        return ckpt
+
+    def _restore_history(self) -> list[GenerationStats]:
+        """Metrics of the logged generations; rows of a generation that did not finish are dropped."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return []
+        rows = [GenerationStats.from_json(line) for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip()]
+        kept = [r for r in rows if r.generation < self.generation]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(r.to_json(final=False) + "\n" for r in kept), encoding="utf-8")
+        os.replace(tmp, path)
+        return kept
 
     # -- schedule -----------------------------------------------------------------
 
@@ -181,7 +228,8 @@ class Coordinator:
                 self.fingerprint_mismatches += 1
                 del self.outstanding[req.lease_id]
                 self.pending.appendleft(lease)
-                return pb.ReportResultResponse(accepted=False, reason="weights fingerprint mismatch: dropped")
+                return pb.ReportResultResponse(accepted=False, resync=True,
+                                               reason="weights fingerprint mismatch: dropped; resync")
             ok = np.array(req.statuses) == reward_pb2.SCORE_STATUS_OK
             rewards = np.where(ok, np.array(req.rewards, dtype=np.float64), np.nan).reshape(rows, -1)
             if lease.kind == pb.LEASE_KIND_EVAL:
@@ -193,6 +241,8 @@ class Coordinator:
             self.gen_tokens += req.generated_tokens
             if not self.pending and not self.outstanding:
                 self._close_generation()
+            else:
+                failpoint("mid_generation", self.generation)
             return pb.ReportResultResponse(accepted=True)
 
     # -- the update ------------------------------------------------------------------
@@ -207,25 +257,30 @@ class Coordinator:
         record = pb.UpdateRecord(generation=self.generation, noise_epoch=self.generation // es.noise_reuse,
                                  lr=es.lr, sigma=es.sigma, fitness=fitness.tolist())
         self.log.append(record)
+        failpoint("log_appended", self.generation)
         norm = self.updater.apply(record.noise_epoch, record.lr, fitness)
         self.weights_fingerprint = fingerprint(self.targets)
+        every = self.cfg.train.checkpoint_every
+        if every and (self.generation + 1) % every == 0:
+            self.checkpoint = write_checkpoint(self.checkpoint_dir, self.generation + 1, self.updater.state_dict(),
+                                               self.updater.steps, self.cfg.train.checkpoints_kept)
         r = self.rewards
         spread = float(np.mean(np.nanmax(r, axis=0) > np.nanmin(r, axis=0))) if np.isfinite(r).any() else 0.0
         self._record_stats(float(np.nanmean(r)), float(np.nanmax(r)), float(np.nanstd(r)), norm, spread)
         self.generation += 1
-        budget = self.cfg.train.time_budget_seconds
-        out_of_time = budget > 0 and self.clock() - (self.train_started or 0.0) >= budget
-        if self.generation >= self.cfg.train.generations or out_of_time:
+        if self._training_over(self.seconds_before + self.clock() - (self.train_started or 0.0)):
             self.training_done = True
         self._open_generation()
+
+    def _training_over(self, seconds_spent: float) -> bool:
+        budget = self.cfg.train.time_budget_seconds
+        return self.generation >= self.cfg.train.generations or (budget > 0 and seconds_spent >= budget)
 
     def _record_stats(self, mean: float, best: float, std: float, norm: float, spread: float) -> None:
         stats = GenerationStats(self.generation, mean, best, std, self.heldout, self.clock() - self.gen_started,
                                 self.gen_tokens, norm, spread)
         self.history.append(stats)
-        row = {**stats.__dict__, "tokens_per_second": stats.tokens_per_second, "final": self.training_done}
-        self._metrics.write(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v)
-                                        for k, v in row.items()}) + "\n")
+        self._metrics.write(stats.to_json(final=self.training_done) + "\n")
         self._metrics.flush()
         self.on_generation(stats)
 
@@ -234,12 +289,30 @@ class Coordinator:
         self._metrics.close()
         self.finished.set()
 
+    def checkpoint_info(self) -> pb.CheckpointInfo | None:
+        with self._lock:
+            c = self.checkpoint
+            return pb.CheckpointInfo(generation=c.generation, path=str(c.path.resolve()),
+                                     size_bytes=c.path.stat().st_size) if c else None
+
+    def open_checkpoint(self, generation: int) -> BinaryIO:
+        """The newest checkpoint's file, opened (so pruning cannot pull it away mid-stream);
+        LookupError when `generation` is not the newest."""
+        with self._lock:
+            c = self.checkpoint
+            if c is None or c.generation != generation:
+                raise LookupError(f"no checkpoint for generation {generation}"
+                                  + (f"; the newest covers {c.generation}" if c else ""))
+            return open(c.path, "rb")
+
     def status(self) -> pb.GetStatusResponse:
         with self._lock:
             now = self.clock()
             return pb.GetStatusResponse(
                 run_id=self.run_dir.name, generation=self.generation, total_generations=self.cfg.train.generations,
                 finished=self.finished.is_set(), weights_fingerprint=self.weights_fingerprint,
+                last_checkpoint=self.checkpoint_info(), fingerprint_mismatches=self.fingerprint_mismatches,
+                lease_reassignments=self.lease_reassignments,
                 history=[pb.GenerationSummary(generation=s.generation, reward_mean=s.reward_mean,
                                               reward_max=s.reward_max, seconds=s.seconds,
                                               heldout_reward=math.nan if s.heldout_reward is None else s.heldout_reward)

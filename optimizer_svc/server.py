@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import grpc
 
 from hatchery.config import RunConfig
 from hatchery.model import load_model, resolve_model
@@ -17,6 +21,7 @@ from optimizer_svc.coordinator import Coordinator, GenerationStats
 
 log = logging.getLogger("hatchery.optimizer")
 MAX_WORKER_ID = 256
+CHECKPOINT_CHUNK_BYTES = 1 << 20
 
 
 def _check_worker_id(worker_id: str) -> None:
@@ -34,7 +39,8 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
         c = self.coordinator
         c.join(request.worker_id)
         return pb.JoinResponse(run_id=c.run_dir.name, base_model_path=str(self.base_model_path),
-                               es=es_settings(c.cfg), grader=c.cfg.grader or c.task.grader)
+                               es=es_settings(c.cfg), grader=c.cfg.grader or c.task.grader,
+                               checkpoint=c.checkpoint_info())
 
     @invalid_argument_on_value_error
     def GetWork(self, request: pb.GetWorkRequest, context) -> pb.GetWorkResponse:
@@ -48,6 +54,18 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
 
     def GetStatus(self, request, context) -> pb.GetStatusResponse:
         return self.coordinator.status()
+
+    def FetchCheckpoint(self, request: pb.FetchCheckpointRequest, context) -> Iterator[pb.CheckpointChunk]:
+        try:
+            f = self.coordinator.open_checkpoint(request.generation)
+        except LookupError as err:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(err))
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            offset = 0
+            while data := f.read(CHECKPOINT_CHUNK_BYTES):
+                yield pb.CheckpointChunk(offset=offset, data=data, size_bytes=size)
+                offset += len(data)
 
 
 def progress_line(stats: GenerationStats, total: int) -> str:

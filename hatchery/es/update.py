@@ -70,14 +70,38 @@ class EsUpdater:
                 step = step - lr * self.rule.weight_decay * w
             w.add_(step)
             norm_sq += float(step.double().pow(2).sum())
-            if not self._aliased(t):
-                with torch.no_grad():
-                    t.weight.copy_(t.to_stored(w).to(t.weight.dtype))
+            self._store(t)
         return norm_sq ** 0.5
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What a replay from here needs: float32 master weights and Adam moments."""
+        state = {f"master/{n}": w.contiguous() for n, w in self.master.items()}
+        state.update({f"adam_m/{n}": m for n, m in self.adam_m.items()})
+        state.update({f"adam_v/{n}": v for n, v in self.adam_v.items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], steps: int) -> None:
+        """Restores a state_dict() taken after `steps` updates, weights included."""
+        missing = sorted(f"master/{t.name}" for t in self.targets if f"master/{t.name}" not in state)
+        if missing:
+            raise ValueError(f"checkpoint lacks {len(missing)} target(s), e.g. {missing[0]}")
+        for t in self.targets:
+            w = self.master[t.name]
+            w.copy_(state[f"master/{t.name}"])
+            self._store(t)
+        self.adam_m = {k.removeprefix("adam_m/"): v.clone() for k, v in state.items() if k.startswith("adam_m/")}
+        self.adam_v = {k.removeprefix("adam_v/"): v.clone() for k, v in state.items() if k.startswith("adam_v/")}
+        self.steps = steps
 
     @staticmethod
     def _aliased(t: Target) -> bool:
         return t.weight.dtype == torch.float32 and t.weight.device.type == "cpu"
+
+    def _store(self, t: Target) -> None:
+        """Copies the master into the model's weight unless they are one tensor."""
+        if not self._aliased(t):
+            with torch.no_grad():
+                t.weight.copy_(t.to_stored(self.master[t.name]).to(t.weight.dtype))
 
     def _master_of(self, t: Target) -> torch.Tensor:
         w = t.logical_weight()

@@ -24,16 +24,44 @@ class JoinRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("run_id", "base_model_path", "es", "grader")
+    __slots__ = ("run_id", "base_model_path", "es", "grader", "checkpoint")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     ES_FIELD_NUMBER: _ClassVar[int]
     GRADER_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     base_model_path: str
     es: EsSettings
     grader: str
-    def __init__(self, run_id: _Optional[str] = ..., base_model_path: _Optional[str] = ..., es: _Optional[_Union[EsSettings, _Mapping]] = ..., grader: _Optional[str] = ...) -> None: ...
+    checkpoint: CheckpointInfo
+    def __init__(self, run_id: _Optional[str] = ..., base_model_path: _Optional[str] = ..., es: _Optional[_Union[EsSettings, _Mapping]] = ..., grader: _Optional[str] = ..., checkpoint: _Optional[_Union[CheckpointInfo, _Mapping]] = ...) -> None: ...
+
+class CheckpointInfo(_message.Message):
+    __slots__ = ("generation", "path", "size_bytes")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    path: str
+    size_bytes: int
+    def __init__(self, generation: _Optional[int] = ..., path: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class FetchCheckpointRequest(_message.Message):
+    __slots__ = ("generation",)
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    def __init__(self, generation: _Optional[int] = ...) -> None: ...
+
+class CheckpointChunk(_message.Message):
+    __slots__ = ("offset", "data", "size_bytes")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    data: bytes
+    size_bytes: int
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class EsSettings(_message.Message):
     __slots__ = ("seed", "rank", "population", "noise_reuse", "target_modules", "exclude_modules", "optimizer", "adam_beta1", "adam_beta2", "adam_eps", "weight_decay", "dtype")
@@ -171,12 +199,14 @@ class ReportResultRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., generation: _Optional[int] = ..., rewards: _Optional[_Iterable[float]] = ..., statuses: _Optional[_Iterable[_Union[_reward_pb2.ScoreStatus, str]]] = ..., weights_fingerprint: _Optional[str] = ..., generated_tokens: _Optional[int] = ..., generate_seconds: _Optional[float] = ..., reward_seconds: _Optional[float] = ...) -> None: ...
 
 class ReportResultResponse(_message.Message):
-    __slots__ = ("accepted", "reason")
+    __slots__ = ("accepted", "reason", "resync")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    RESYNC_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     reason: str
-    def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    resync: bool
+    def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., resync: _Optional[bool] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ()
@@ -209,7 +239,7 @@ class WorkerStatus(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., leases_completed: _Optional[int] = ..., weights_fingerprint: _Optional[str] = ..., last_seen_seconds_ago: _Optional[float] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("run_id", "generation", "total_generations", "finished", "history", "workers", "weights_fingerprint")
+    __slots__ = ("run_id", "generation", "total_generations", "finished", "history", "workers", "weights_fingerprint", "last_checkpoint", "fingerprint_mismatches", "lease_reassignments")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     TOTAL_GENERATIONS_FIELD_NUMBER: _ClassVar[int]
@@ -217,6 +247,9 @@ class GetStatusResponse(_message.Message):
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    LAST_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_MISMATCHES_FIELD_NUMBER: _ClassVar[int]
+    LEASE_REASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     generation: int
     total_generations: int
@@ -224,4 +257,7 @@ class GetStatusResponse(_message.Message):
     history: _containers.RepeatedCompositeFieldContainer[GenerationSummary]
     workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
     weights_fingerprint: str
-    def __init__(self, run_id: _Optional[str] = ..., generation: _Optional[int] = ..., total_generations: _Optional[int] = ..., finished: _Optional[bool] = ..., history: _Optional[_Iterable[_Union[GenerationSummary, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., weights_fingerprint: _Optional[str] = ...) -> None: ...
+    last_checkpoint: CheckpointInfo
+    fingerprint_mismatches: int
+    lease_reassignments: int
+    def __init__(self, run_id: _Optional[str] = ..., generation: _Optional[int] = ..., total_generations: _Optional[int] = ..., finished: _Optional[bool] = ..., history: _Optional[_Iterable[_Union[GenerationSummary, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., weights_fingerprint: _Optional[str] = ..., last_checkpoint: _Optional[_Union[CheckpointInfo, _Mapping]] = ..., fingerprint_mismatches: _Optional[int] = ..., lease_reassignments: _Optional[int] = ...) -> None: ...

@@ -54,6 +54,11 @@ class OptimizerServiceStub:
                 request_serializer=hatchery_dot_v1_dot_optimizer__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=hatchery_dot_v1_dot_optimizer__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
+        self.FetchCheckpoint = channel.unary_stream(
+                '/hatchery.v1.OptimizerService/FetchCheckpoint',
+                request_serializer=hatchery_dot_v1_dot_optimizer__pb2.FetchCheckpointRequest.SerializeToString,
+                response_deserializer=hatchery_dot_v1_dot_optimizer__pb2.CheckpointChunk.FromString,
+                _registered_method=True)
 
 
 class OptimizerServiceServicer:
@@ -88,6 +93,14 @@ class OptimizerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchCheckpoint(self, request, context):
+        """Streams a checkpoint file in chunks, for workers without the shared storage
+        that JoinResponse.checkpoint.path lives on. NOT_FOUND once it was pruned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +123,11 @@ def add_OptimizerServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=hatchery_dot_v1_dot_optimizer__pb2.GetStatusRequest.FromString,
                     response_serializer=hatchery_dot_v1_dot_optimizer__pb2.GetStatusResponse.SerializeToString,
+            ),
+            'FetchCheckpoint': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchCheckpoint,
+                    request_deserializer=hatchery_dot_v1_dot_optimizer__pb2.FetchCheckpointRequest.FromString,
+                    response_serializer=hatchery_dot_v1_dot_optimizer__pb2.CheckpointChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +238,33 @@ class OptimizerService:
             '/hatchery.v1.OptimizerService/GetStatus',
             hatchery_dot_v1_dot_optimizer__pb2.GetStatusRequest.SerializeToString,
             hatchery_dot_v1_dot_optimizer__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hatchery.v1.OptimizerService/FetchCheckpoint',
+            hatchery_dot_v1_dot_optimizer__pb2.FetchCheckpointRequest.SerializeToString,
+            hatchery_dot_v1_dot_optimizer__pb2.CheckpointChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,170 @@
+"""No training lost to a crash: SIGKILL and resume, dying and late-joining workers.
+
+Every process here is a real `hatchery` service on loopback. Crashes are
+injected with HATCHERY_FAILPOINT (the process SIGKILLs itself at a named
+point), so each test hits the moment it names instead of racing a timer.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from hatchery.checkpoint import latest_checkpoint, write_checkpoint
+from hatchery.config import parse_config
+from hatchery.es import EsUpdater, StepRule, find_targets
+from hatchery.launcher import spawn_service, wait_for_port
+from hatchery.v1 import optimizer_pb2
+from optimizer_svc.update_log import UpdateLog, read_log
+
+GENERATIONS = 6
+
+
+def _config(model_dir, run_dir) -> dict:
+    return {"run_dir": str(run_dir), "model": {"source": str(model_dir)}, "grader": "length",
+            "task": {"name": "arith", "heldout_size": 8, "max_new_tokens": 6},
+            "es": {"population": 6, "rank": 2, "sigma": 0.05, "lr": 0.05, "optimizer": "adam"},
+            "train": {"generations": GENERATIONS, "prompts_per_member": 2, "eval_every": 3,
+                      "members_per_lease": 2, "checkpoint_every": 2, "checkpoints_kept": 2,
+                      "lease_timeout_seconds": 5}}
+
+
+def _hatchery(args, env=None, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hatchery.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, check=False)
+
+
+def _write_config(tmp_path, model_dir, name="run"):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(_config(model_dir, tmp_path / name)))
+    return path, tmp_path / name
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_llama_dir, tmp_path_factory):
+    """The single-worker run every crash test must reproduce exactly."""
+    config_path, run_dir = _write_config(tmp_path_factory.mktemp("uninterrupted"), tiny_llama_dir)
+    out = _hatchery(["run", str(config_path)])
+    assert out.returncode == 0, out.stdout + out.stderr
+    return run_dir
+
+
+def _assert_same_run(run_dir, reference_dir):
+    assert ([r.fitness for r in read_log(run_dir / "updates.jsonl")]
+            == [r.fitness for r in read_log(reference_dir / "updates.jsonl")])
+    ours, theirs = run_dir / "model" / "model.safetensors", reference_dir / "model" / "model.safetensors"
+    assert ours.read_bytes() == theirs.read_bytes(), "final weights must be byte-identical"
+
+
+@pytest.mark.parametrize("point", ["mid_generation:3", "log_appended:3", "checkpoint_written_not_renamed:4"])
+def test_sigkill_then_resume_ends_with_identical_weights(point, tiny_llama_dir, tmp_path, uninterrupted):
+    config_path, run_dir = _write_config(tmp_path, tiny_llama_dir)
+    crashed = _hatchery(["run", str(config_path)], env={**os.environ, "HATCHERY_FAILPOINT": point})
+    assert crashed.returncode != 0
+    assert "optimizer service exited with code -9" in crashed.stderr
+    assert f"hatchery run --resume {run_dir}" in crashed.stderr
+    logged = len(read_log(run_dir / "updates.jsonl"))
+    assert logged == (3 if point.startswith("mid_generation") else 4)  # the log holds exactly what was announced
+    if point.startswith("checkpoint"):
+        assert (run_dir / "checkpoints" / ".ckpt-00000004.safetensors.tmp").exists()
+        assert latest_checkpoint(run_dir / "checkpoints").generation == 2
+
+    resumed = _hatchery(["run", "--resume", str(run_dir)])
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"gen    {logged}/{GENERATIONS}" in resumed.stdout and "gen    0/" not in resumed.stdout
+    _assert_same_run(run_dir, uninterrupted)
+    assert not list((run_dir / "checkpoints").glob(".*.tmp"))
+    kept = sorted(c.name for c in (run_dir / "checkpoints").iterdir())
+    assert len(kept) == 2 and kept[-1] == "ckpt-00000006.safetensors"  # older ones pruned
+
+
+def test_resume_refuses_a_folder_without_a_run(tmp_path):
+    out = _hatchery(["run", "--resume", str(tmp_path)], timeout=120)
+    assert out.returncode == 2 and "holds no run (config.yaml is missing)" in out.stderr
+
+
+def _start(args, name, tmp_path, env=None):
+    port_file = tmp_path / f"{name}.port"
+    proc = spawn_service([*args, "--port", "0", "--port-file", str(port_file)], tmp_path / f"{name}.log", env)
+    return proc, port_file
+
+
+def test_workers_that_die_or_join_late_leave_the_result_unchanged(tiny_llama_dir, tmp_path, uninterrupted):
+    config_path, run_dir = _write_config(tmp_path, tiny_llama_dir)
+    config = yaml.safe_load(config_path.read_text())
+    config["train"]["lease_timeout_seconds"] = 20  # the stall a dead worker's lease causes: time for "late" to join
+    config_path.write_text(yaml.safe_dump(config))
+    procs = {}
+    try:
+        procs["reward"], reward_port = _start(["reward"], "reward", tmp_path)
+        procs["optimizer"], optimizer_port = _start(["optimizer", "--config", str(config_path)], "optimizer", tmp_path)
+        optimizer = f"127.0.0.1:{wait_for_port(optimizer_port, procs['optimizer'], 'optimizer')}"
+        reward = f"127.0.0.1:{wait_for_port(reward_port, procs['reward'], 'reward')}"
+
+        def worker(name, *flags, env=None):
+            procs[name], _ = _start(["inference", "--optimizer-address", optimizer, "--reward-address", reward,
+                                     "--worker-id", name, *flags], name, tmp_path, env)
+
+        worker("steady")
+        worker("doomed", env={"HATCHERY_FAILPOINT": "lease_received:2"})  # dies holding a lease of generation >= 2
+        assert procs["doomed"].wait(timeout=300) == -9
+        worker("late", "--fetch-checkpoints")  # joins from a checkpoint streamed over gRPC
+        assert procs["optimizer"].wait(timeout=300) == 0
+        assert procs["steady"].wait(timeout=60) == 0 and procs["late"].wait(timeout=60) == 0
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+    joined = re.search(r"worker late joined run run at generation (\d+)", (tmp_path / "late.log").read_text())
+    assert joined and int(joined.group(1)) in (2, 4), "the late worker starts from a checkpoint"
+    _assert_same_run(run_dir, uninterrupted)
+
+
+def test_a_torn_last_log_line_is_dropped_and_a_corrupt_one_refused(tmp_path):
+    path = tmp_path / "updates.jsonl"
+    log = UpdateLog(path)
+    for g in range(2):
+        log.append(optimizer_pb2.UpdateRecord(generation=g, noise_epoch=g, lr=0.1, fitness=[1.0, -1.0]))
+    log.close()
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"generation": "2", "fitn')  # a write cut short by SIGKILL
+    assert len(UpdateLog(path).records) == 2 and path.read_bytes() == whole
+    path.write_bytes(whole.replace(b'"generation": "1"', b'"generation": "5"'))
+    with pytest.raises(ValueError, match="updates.jsonl:2: record for generation 5, expected 1"):
+        UpdateLog(path)
+
+
+def test_checkpoint_restores_weights_and_adam_state_exactly(tiny_llama_dir, tmp_path):
+    from hatchery.model import load_model
+
+    def updater():
+        return EsUpdater(find_targets(load_model(tiny_llama_dir).model), seed=3, rank=2, rule=StepRule("adam"))
+
+    fitness = [[1.0, -1.0, 0.5, 0.2], [0.3, 0.1, -2.0, 1.0], [-1.0, 1.0, 0.0, 0.4]]
+    straight = updater()
+    for epoch, f in enumerate(fitness):
+        straight.apply(epoch, 0.01, f)
+    first = updater()
+    for epoch, f in enumerate(fitness[:2]):
+        first.apply(epoch, 0.01, f)
+    for g in (1, 2):
+        write_checkpoint(tmp_path, g, first.state_dict(), first.steps, keep=1)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt-00000002.safetensors"]
+    second = updater()
+    ckpt = latest_checkpoint(tmp_path)
+    second.load_state_dict(*ckpt.load())
+    second.apply(2, 0.01, fitness[2])
+    for a, b in zip(straight.targets, second.targets):
+        assert torch.equal(a.weight, b.weight), a.name
+    saved = load_file(ckpt.path)
+    assert any(k.startswith("adam_m/") for k in saved) and any(k.startswith("master/") for k in saved)
+
+
+def test_config_refuses_bad_checkpoint_settings():
+    with pytest.raises(ValueError, match="train.checkpoints_kept: must be >= 1"):
+        parse_config({"train": {"checkpoints_kept": 0}})
