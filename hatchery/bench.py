@@ -1,12 +1,15 @@
 """`hatchery bench`: what per-row perturbation costs, measured side by side.
 
 For each model and rank, one population of members (one prompt each) is
-generated three ways, in rotated order within every repeat:
+generated three ways:
 - unperturbed: one batched generate() of all rows with the plain weights;
 - eggroll: the same batch, each row perturbed as its own member;
 - naive: each member's W + sigma E_i materialised in place, its row generated
   alone, weights restored (Qiu et al. / OpenES evaluation).
 Every row generates exactly `new_tokens` tokens, so times compare like with like.
+Unperturbed and eggroll run back to back in alternating order, and their ratio
+is the median of the per-repeat ratios: on a shared machine the load drifts
+between repeats far more than within one pair.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from hatchery.model import EMBEDDED, LoadedModel, load_model, resolve_model
 from hatchery.tasks import arith
 
 SIGMA = 3e-3
+BENCH_MODELS = ("tiny", "smollm2")
 
 
 def tiny_model(tokenizer) -> LoadedModel:
@@ -47,7 +51,8 @@ def _timed(fn: Callable[[], None]) -> float:
 
 
 @torch.inference_mode()
-def bench_model(lm: LoadedModel, population: int, rank: int, new_tokens: int, repeats: int) -> dict:
+def bench_model(lm: LoadedModel, population: int, rank: int, new_tokens: int, repeats: int,
+                naive_repeats: int) -> dict:
     tok = lm.tokenizer
     prompts = [p.text for p in (arith(0, 64).train * 4)[:population]]
     texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
@@ -71,32 +76,35 @@ def bench_model(lm: LoadedModel, population: int, rank: int, new_tokens: int, re
             with materialised_member(targets, key.seed, key.epoch, m, SIGMA, rank):
                 _generate(lm, rows[m], new_tokens)
 
-    variants = {"unperturbed": unperturbed, "eggroll": eggroll, "naive": naive}
     unperturbed()  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    names = list(variants)
-    for r in range(repeats):
-        for name in names[r % 3:] + names[:r % 3]:
-            times[name].append(_timed(variants[name]))
+    times: dict[str, list[float]] = {"unperturbed": [], "eggroll": [], "naive": []}
+    ratios = []
+    for r in range(repeats):  # back to back, order alternating: load drift on a shared machine cancels out
+        first, second = ("unperturbed", "eggroll") if r % 2 == 0 else ("eggroll", "unperturbed")
+        for name in (first, second):
+            times[name].append(_timed(unperturbed if name == "unperturbed" else eggroll))
+        ratios.append(times["unperturbed"][-1] / times["eggroll"][-1])
+    times["naive"] = [_timed(naive) for _ in range(naive_repeats)]
     med = {name: statistics.median(t) for name, t in times.items()}
     tokens = population * new_tokens
     return {
         "rank": rank, "population": population, "new_tokens_per_row": new_tokens,
         "seconds_median": med, "seconds_all": times,
         "tokens_per_second": {name: tokens / t for name, t in med.items()},
-        "eggroll_over_unperturbed_throughput": med["unperturbed"] / med["eggroll"],
+        "eggroll_over_unperturbed_throughput": statistics.median(ratios),
         "naive_over_unperturbed_throughput": med["unperturbed"] / med["naive"],
         "eggroll_speedup_over_naive": med["naive"] / med["eggroll"],
     }
 
 
-def run_bench(models: list[str], population: int, ranks: list[int], new_tokens: int, repeats: int) -> dict:
+def run_bench(models: list[str], population: int, ranks: list[int], new_tokens: int, repeats: int,
+              naive_repeats: int) -> dict:
+    unknown = set(models) - set(BENCH_MODELS)
+    if unknown:
+        raise ValueError(f"unknown bench model(s) {sorted(unknown)}; choose from {list(BENCH_MODELS)}")
     smollm2 = load_model(resolve_model(EMBEDDED))
     loaded = {"smollm2": smollm2, "tiny": tiny_model(smollm2.tokenizer)}
-    unknown = set(models) - set(loaded)
-    if unknown:
-        raise ValueError(f"unknown bench model(s) {sorted(unknown)}; choose from {sorted(loaded)}")
-    results = {name: [bench_model(loaded[name], population, r, new_tokens, repeats) for r in ranks]
+    results = {name: [bench_model(loaded[name], population, r, new_tokens, repeats, naive_repeats) for r in ranks]
                for name in models}
     return {"machine": {"cpu_threads": torch.get_num_threads(), "processor": platform.processor(),
                         "torch": torch.__version__, "dtype": "float32"},

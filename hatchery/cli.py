@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--population", type=int, default=32)
     bench.add_argument("--ranks", default="1,4")
     bench.add_argument("--new-tokens", type=int, default=32)
-    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--repeats", type=int, default=7, help="unperturbed/eggroll pairs per model and rank")
+    bench.add_argument("--naive-repeats", type=int, default=1, help="naive runs (each ~10x slower)")
     bench.add_argument("--out", default=None, help="also write the JSON here")
 
     for p in (opt, inf, rew):
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         from hatchery.bench import run_bench
 
         result = run_bench(args.models.split(","), args.population, [int(r) for r in args.ranks.split(",")],
-                           args.new_tokens, args.repeats)
+                           args.new_tokens, args.repeats, args.naive_repeats)
         text = json.dumps(result, indent=2)
         print(text)
         if args.out:

@@ -6,6 +6,7 @@ with a port file to learn its bound port, so nothing here is a shortcut.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -82,7 +83,8 @@ def _supervise(procs: dict[str, subprocess.Popen], run_dir: Path) -> int:
         code = procs["optimizer"].poll()
         if code is not None:
             if code == 0:
-                procs["inference"].wait(timeout=60)
+                with contextlib.suppress(subprocess.TimeoutExpired):  # the finally below stops it
+                    procs["inference"].wait(timeout=60)
             else:
                 print(f"hatchery: the optimizer service exited with code {code}; "
                       f"continue with: hatchery run --resume {run_dir}", file=sys.stderr, flush=True)

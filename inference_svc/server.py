@@ -28,6 +28,7 @@ from inference_svc.evaluator import Evaluator
 log = logging.getLogger("hatchery.inference")
 RPC_TIMEOUT = 30.0
 JOIN_ATTEMPTS = 3
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 MAX_GENERATE_PROMPTS = 256
 MAX_GENERATE_TOKENS = 4096
 
@@ -35,8 +36,10 @@ MAX_GENERATE_TOKENS = 4096
 class Worker:
     """The pull loop. Owns the Evaluator; the gRPC servicer only reads its state."""
 
-    def __init__(self, worker_id: str, optimizer_address: str, reward_address: str, fetch_checkpoints: bool = False):
+    def __init__(self, worker_id: str, optimizer_address: str, reward_address: str, fetch_checkpoints: bool = False,
+                 outage_limit_seconds: float = 600.0):
         self.worker_id = worker_id
+        self.outage_limit_seconds = outage_limit_seconds  # give up after the optimizer is gone this long
         self.fetch_checkpoints = fetch_checkpoints  # stream checkpoints over gRPC even when the path is visible
         self.optimizer = optimizer_pb2_grpc.OptimizerServiceStub(channel(optimizer_address))
         self.reward = reward_pb2_grpc.RewardServiceStub(channel(reward_address))
@@ -91,27 +94,46 @@ class Worker:
             yield Checkpoint(info.generation, path)
 
     def run(self, stop: threading.Event) -> None:
+        """Pulls work until the run is over. An optimizer or reward service that is
+        briefly unreachable (a restart, a resume) costs the lease in hand, not the worker."""
+        outage_since: float | None = None
         while not stop.is_set():
-            work = self.optimizer.GetWork(pb.GetWorkRequest(
-                worker_id=self.worker_id, applied_generation=self.evaluator.applied_generation),
-                timeout=RPC_TIMEOUT, wait_for_ready=True)
-            with self.lock:
-                for record in work.updates:
-                    self.evaluator.apply(record)
-            if work.finished:
-                return
-            if not work.HasField("lease"):
-                stop.wait(work.retry_after_seconds)
-                continue
-            failpoint("lease_received", work.lease.generation)
-            result = self.evaluate(work.lease)
-            reply = self.optimizer.ReportResult(result, timeout=RPC_TIMEOUT)
-            if reply.accepted:
-                self.leases_completed += 1
-            else:
-                log.warning("lease %s dropped: %s", work.lease.lease_id, reply.reason)
-            if reply.resync:
-                self.join()
+            try:
+                if self._step(stop):
+                    return
+                outage_since = None
+            except grpc.RpcError as err:
+                if err.code() not in RETRYABLE:
+                    raise
+                outage_since = outage_since or time.monotonic()
+                if time.monotonic() - outage_since > self.outage_limit_seconds:
+                    raise
+                log.warning("%s unreachable (%s); retrying", err.code().name, err.details())
+                stop.wait(1.0)
+
+    def _step(self, stop: threading.Event) -> bool:
+        """One GetWork and, when it brings a lease, its evaluation and report; True once the run is over."""
+        work = self.optimizer.GetWork(pb.GetWorkRequest(
+            worker_id=self.worker_id, applied_generation=self.evaluator.applied_generation),
+            timeout=RPC_TIMEOUT, wait_for_ready=True)
+        with self.lock:
+            for record in work.updates:
+                self.evaluator.apply(record)
+        if work.finished:
+            return True
+        if not work.HasField("lease"):
+            stop.wait(work.retry_after_seconds)
+            return False
+        failpoint("lease_received", work.lease.generation)
+        result = self.evaluate(work.lease)
+        reply = self.optimizer.ReportResult(result, timeout=RPC_TIMEOUT)
+        if reply.accepted:
+            self.leases_completed += 1
+        else:
+            log.warning("lease %s dropped: %s", work.lease.lease_id, reply.reason)
+        if reply.resync:
+            self.join()
+        return False
 
     def evaluate(self, lease: pb.Lease) -> pb.ReportResultRequest:
         with self.lock:

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import secrets
 import threading
 import time
 from collections import deque
@@ -109,6 +110,8 @@ class Coordinator:
         self.finished = threading.Event()
         self.train_started: float | None = None
         self.weights_fingerprint = fingerprint(self.targets)
+        # Lease ids never repeat across restarts, so a result for a lease of an earlier process is dropped.
+        self._lease_prefix = secrets.token_hex(4)
         self._lease_ids = itertools.count()
         self._lock = threading.RLock()
         self._open_generation()
@@ -153,8 +156,9 @@ class Coordinator:
                            chat_template=self.cfg.task.chat_template)
 
     def _new_lease(self, **fields) -> pb.Lease:
-        return pb.Lease(lease_id=f"g{self.generation}-{next(self._lease_ids)}", generation=self.generation,
-                        sampling=self._sampling(), deadline_seconds=self.cfg.train.lease_timeout_seconds, **fields)
+        lease_id = f"{self._lease_prefix}-g{self.generation}-{next(self._lease_ids)}"
+        return pb.Lease(lease_id=lease_id, generation=self.generation, sampling=self._sampling(),
+                        deadline_seconds=self.cfg.train.lease_timeout_seconds, **fields)
 
     def _open_generation(self) -> None:
         g, tr = self.generation, self.cfg.train

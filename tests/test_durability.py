@@ -7,6 +7,7 @@ point), so each test hits the moment it names instead of racing a timer.
 
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -122,6 +123,32 @@ def test_workers_that_die_or_join_late_leave_the_result_unchanged(tiny_llama_dir
                 p.kill()
     joined = re.search(r"worker late joined run run at generation (\d+)", (tmp_path / "late.log").read_text())
     assert joined and int(joined.group(1)) in (2, 4), "the late worker starts from a checkpoint"
+    _assert_same_run(run_dir, uninterrupted)
+
+
+def test_a_worker_outlives_an_optimizer_crash_and_resume(tiny_llama_dir, tmp_path, uninterrupted):
+    config_path, run_dir = _write_config(tmp_path, tiny_llama_dir)
+    with socket.socket() as s:  # the restarted optimizer must come back on the same address
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = {}
+    try:
+        procs["reward"], reward_port = _start(["reward"], "reward", tmp_path)
+        procs["optimizer"] = spawn_service(["optimizer", "--config", str(config_path), "--port", str(port)],
+                                           tmp_path / "optimizer.log", {"HATCHERY_FAILPOINT": "log_appended:2"})
+        reward = f"127.0.0.1:{wait_for_port(reward_port, procs['reward'], 'reward')}"
+        procs["worker"], _ = _start(["inference", "--optimizer-address", f"127.0.0.1:{port}", "--reward-address",
+                                     reward, "--worker-id", "survivor"], "worker", tmp_path)
+        assert procs["optimizer"].wait(timeout=300) == -9
+        procs["optimizer"] = spawn_service(["optimizer", "--resume", str(run_dir), "--port", str(port)],
+                                           tmp_path / "optimizer-resumed.log")
+        assert procs["optimizer"].wait(timeout=300) == 0
+        assert procs["worker"].wait(timeout=60) == 0
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+    assert "unreachable" in (tmp_path / "worker.log").read_text()
     _assert_same_run(run_dir, uninterrupted)
 
 

@@ -30,11 +30,13 @@ def tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-def config(kind: str, vocab_size: int):
+def config(kind: str, vocab_size: int, width: int = 1):
+    """width scales Llama's hidden and intermediate sizes: width 2 has 4x the block parameters."""
     common = dict(vocab_size=vocab_size, pad_token_id=0, eos_token_id=2, bos_token_id=1)
     if kind == "llama":
-        return LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, **common)
+        return LlamaConfig(hidden_size=32 * width, intermediate_size=64 * width, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                           tie_word_embeddings=True, **common)
     if kind == "qwen2":
         return Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                            num_key_value_heads=2, max_position_embeddings=256, **common)
@@ -43,9 +45,9 @@ def config(kind: str, vocab_size: int):
     raise ValueError(kind)
 
 
-def model(kind: str, vocab_size: int, seed: int = 0):
+def model(kind: str, vocab_size: int, seed: int = 0, width: int = 1):
     torch.manual_seed(seed)
-    m = AutoModelForCausalLM.from_config(config(kind, vocab_size), dtype=torch.float32)
+    m = AutoModelForCausalLM.from_config(config(kind, vocab_size, width), dtype=torch.float32)
     with torch.no_grad():  # larger than default init so perturbations visibly change greedy outputs
         for p in m.parameters():
             if p.dim() == 2:
@@ -53,9 +55,9 @@ def model(kind: str, vocab_size: int, seed: int = 0):
     return m.eval()
 
 
-def save(kind: str, folder: Path, seed: int = 0) -> Path:
+def save(kind: str, folder: Path, seed: int = 0, width: int = 1) -> Path:
     tok = tokenizer()
-    m = model(kind, len(tok), seed)
+    m = model(kind, len(tok), seed, width)
     m.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
