@@ -108,7 +108,8 @@ class Worker:
                 outage_since = outage_since or time.monotonic()
                 if time.monotonic() - outage_since > self.outage_limit_seconds:
                     raise
-                log.warning("%s unreachable (%s); retrying", err.code().name, err.details())
+                log.warning("optimizer or reward service unreachable (%s: %s); retrying",
+                            err.code().name, err.details())
                 stop.wait(1.0)
 
     def _step(self, stop: threading.Event) -> bool:
