@@ -79,6 +79,15 @@ def progress_line(stats: GenerationStats, total: int) -> str:
     return "  ".join(parts)
 
 
+def optimizer_server(coordinator: Coordinator, base_model_path: Path, host: str = "127.0.0.1",
+                     port: int = 0) -> Server:
+    """The OptimizerService for a coordinator, with health and reflection, bound but not started."""
+    server = Server([pb.DESCRIPTOR.services_by_name["OptimizerService"].full_name], host, port)
+    optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server(OptimizerServicer(coordinator, base_model_path),
+                                                              server.grpc)
+    return server
+
+
 def serve(cfg: RunConfig, host: str, port: int, port_file: str | None, finish_grace_seconds: float = 3.0) -> int:
     """Trains until the run ends; writes the model, metrics and plot into the run dir."""
     run_dir = Path(cfg.run_dir)
@@ -86,8 +95,7 @@ def serve(cfg: RunConfig, host: str, port: int, port_file: str | None, finish_gr
     lm = load_model(base, cfg.model.dtype)
     coordinator = Coordinator(cfg, lm, run_dir,
                               on_generation=lambda s: print(progress_line(s, cfg.train.generations), flush=True))
-    server = Server([pb.DESCRIPTOR.services_by_name["OptimizerService"].full_name], host, port)
-    optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server(OptimizerServicer(coordinator, base), server.grpc)
+    server = optimizer_server(coordinator, base, host, port)
     stop = stop_event_on_signals()
     server.start(port_file)
     log.info("optimizer on %s, run dir %s", server.address, run_dir)

@@ -55,9 +55,15 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
                                    sub_score_names=list(SUB_SCORES))
 
 
-def serve(host: str, port: int, port_file: str | None, default_grader: str) -> None:
+def reward_server(default_grader: str = "first_integer", host: str = "127.0.0.1", port: int = 0) -> Server:
+    """The RewardService with health and reflection, bound but not started."""
     server = Server([pb.DESCRIPTOR.services_by_name["RewardService"].full_name], host, port)
     reward_pb2_grpc.add_RewardServiceServicer_to_server(RewardServicer(default=default_grader), server.grpc)
+    return server
+
+
+def serve(host: str, port: int, port_file: str | None, default_grader: str) -> None:
+    server = reward_server(default_grader, host, port)
     stop = stop_event_on_signals()
     server.start(port_file)
     log.info("reward service on %s", server.address)

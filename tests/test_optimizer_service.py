@@ -9,11 +9,11 @@ import pytest
 
 from hatchery.config import parse_config
 from hatchery.model import load_model
-from hatchery.serving import Server, channel
+from hatchery.serving import channel
 from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import optimizer_pb2_grpc, reward_pb2
 from optimizer_svc.coordinator import Coordinator
-from optimizer_svc.server import OptimizerServicer
+from optimizer_svc.server import optimizer_server
 
 
 class Clock:
@@ -32,9 +32,7 @@ def optimizer(tiny_llama_dir, tmp_path):
                                   "members_per_lease": 2, "lease_timeout_seconds": 30}})
     clock = Clock()
     coordinator = Coordinator(cfg, load_model(tiny_llama_dir), tmp_path / "run", clock=clock)
-    server = Server([pb.DESCRIPTOR.services_by_name["OptimizerService"].full_name])
-    optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server(OptimizerServicer(coordinator, tiny_llama_dir),
-                                                              server.grpc)
+    server = optimizer_server(coordinator, tiny_llama_dir)
     server.start()
     stub = optimizer_pb2_grpc.OptimizerServiceStub(channel(server.address))
     stub.address = server.address

@@ -5,16 +5,15 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from hatchery.serving import Server, channel
+from hatchery.serving import channel
 from hatchery.v1 import reward_pb2 as pb
 from hatchery.v1 import reward_pb2_grpc
-from reward_svc.server import MAX_SAMPLES, RewardServicer
+from reward_svc.server import MAX_SAMPLES, reward_server
 
 
 @pytest.fixture(scope="module")
 def stub():
-    server = Server([pb.DESCRIPTOR.services_by_name["RewardService"].full_name])
-    reward_pb2_grpc.add_RewardServiceServicer_to_server(RewardServicer(), server.grpc)
+    server = reward_server()
     server.start()
     ch = channel(server.address)
     yield reward_pb2_grpc.RewardServiceStub(ch), ch

@@ -14,14 +14,14 @@ import torch
 import tiny
 from hatchery.config import parse_config
 from hatchery.model import load_model
-from hatchery.serving import Server, channel
+from hatchery.serving import channel
 from hatchery.v1 import optimizer_pb2 as pb
-from hatchery.v1 import optimizer_pb2_grpc, reward_pb2, reward_pb2_grpc
+from hatchery.v1 import optimizer_pb2_grpc
 from inference_svc.server import Worker
 from optimizer_svc.coordinator import Coordinator
-from optimizer_svc.server import OptimizerServicer
+from optimizer_svc.server import optimizer_server
 from reference import run_reference
-from reward_svc.server import RewardServicer
+from reward_svc.server import reward_server
 
 GENERATIONS = 4
 
@@ -54,25 +54,13 @@ class ByteCounter(grpc.UnaryUnaryClientInterceptor):
         return outcome
 
 
-def _optimizer_server(coordinator, model_dir) -> Server:
-    server = Server([pb.DESCRIPTOR.services_by_name["OptimizerService"].full_name])
-    optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server(OptimizerServicer(coordinator, model_dir), server.grpc)
-    server.start()
-    return server
-
-
-def _reward_server() -> Server:
-    server = Server([reward_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name])
-    reward_pb2_grpc.add_RewardServiceServicer_to_server(RewardServicer(), server.grpc)
-    server.start()
-    return server
-
-
 def _train(model_dir, run_dir, tamper: bool = False):
     """One run with one in-process Worker; returns (coordinator, byte counter, worker)."""
     cfg = _config(model_dir, run_dir)
     coordinator = Coordinator(cfg, load_model(model_dir), run_dir)
-    optimizer, reward = _optimizer_server(coordinator, model_dir), _reward_server()
+    optimizer, reward = optimizer_server(coordinator, model_dir), reward_server()
+    optimizer.start()
+    reward.start()
     try:
         worker = Worker("w", optimizer.address, reward.address)
         counter = ByteCounter()
@@ -118,7 +106,8 @@ def test_a_tampered_worker_is_caught_resynced_and_changes_nothing(tiny_llama_dir
 
 def test_fetch_checkpoint_of_an_unknown_generation_is_not_found(tiny_llama_dir, tmp_path):
     coordinator = Coordinator(_config(tiny_llama_dir, tmp_path / "run"), load_model(tiny_llama_dir), tmp_path / "run")
-    server = _optimizer_server(coordinator, tiny_llama_dir)
+    server = optimizer_server(coordinator, tiny_llama_dir)
+    server.start()
     try:
         stub = optimizer_pb2_grpc.OptimizerServiceStub(channel(server.address))
         with pytest.raises(grpc.RpcError) as err:
