@@ -54,17 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     inf = sub.add_parser("inference", help="serve hatchery.v1.InferenceService and evaluate leases")
     _add_server_flags(inf, 50052)
     inf.add_argument("--optimizer-address", required=True, help="host:port of the optimizer service")
-    inf.add_argument("--reward-address", required=True, help="host:port of the reward service")
+    inf.add_argument("--reward-address", default="",
+                     help="host:port of the reward service, for runs whose config names no reward.services")
     inf.add_argument("--worker-id", default="", help="unique worker name (default: host name and port)")
     inf.add_argument("--fetch-checkpoints", action="store_true",
                      help="stream checkpoints over gRPC even when the optimizer's path is visible here")
 
-    from reward_svc.graders import GRADERS  # pure Python: keeps torch out of the reward process
-
-    rew = sub.add_parser("reward", help="serve hatchery.v1.RewardService with the built-in graders")
+    rew = sub.add_parser("reward", help="serve hatchery.v1.RewardService with the built-in graders and plug-ins; "
+                                        "set $HATCHERY_REWARD_TOKEN to require a bearer token")
     _add_server_flags(rew, 50053)
-    rew.add_argument("--default-grader", default="first_integer", choices=sorted(GRADERS),
-                     help="grader used when a request names none")
+    rew.add_argument("--graders", default=None, metavar="FILE",
+                     help="YAML mapping of grader name to spec (regex, combined, python, openrlhf_http)")
+    rew.add_argument("--default-grader", default="first_integer", help="grader used when a request names none")
 
     st = sub.add_parser("status", help="print an optimizer's status as JSON")
     st.add_argument("address", help="host:port of the optimizer")
@@ -78,9 +79,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--naive-repeats", type=int, default=1, help="naive runs (each ~10x slower)")
     bench.add_argument("--out", default=None, help="also write the JSON here")
 
+    bench_reward = sub.add_parser("bench-reward", help="reward samples/s over gRPC vs in-process (JSON)")
+    bench_reward.add_argument("--samples", type=int, default=4096)
+    bench_reward.add_argument("--batch-size", type=int, default=256)
+    bench_reward.add_argument("--repeats", type=int, default=5)
+    bench_reward.add_argument("--out", default=None, help="also write the JSON here")
+
     for p in (opt, inf, rew):
         _env_defaults(p, "HATCHERY_")
     return parser
+
+
+def _print_json(result: dict, out: str | None) -> int:
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text + "\n")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,18 +129,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         from hatchery.bench import run_bench
 
-        result = run_bench(args.models.split(","), args.population, [int(r) for r in args.ranks.split(",")],
-                           args.new_tokens, args.repeats, args.naive_repeats)
-        text = json.dumps(result, indent=2)
-        print(text)
-        if args.out:
-            with open(args.out, "w") as f:
-                f.write(text + "\n")
-        return 0
+        return _print_json(run_bench(args.models.split(","), args.population, [int(r) for r in args.ranks.split(",")],
+                                     args.new_tokens, args.repeats, args.naive_repeats), args.out)
+    if args.command == "bench-reward":
+        from hatchery.bench_reward import run_reward_bench
+
+        return _print_json(run_reward_bench(args.samples, args.batch_size, args.repeats), args.out)
     if args.command == "reward":
         from reward_svc.server import serve
 
-        serve(args.host, args.port, args.port_file, args.default_grader)
+        try:
+            serve(args.host, args.port, args.port_file, args.default_grader, args.graders)
+        except (ValueError, RuntimeError, OSError) as err:  # a bad graders file or a plug-in that will not load
+            print(f"hatchery reward: {err}", file=sys.stderr)
+            return 2
         return 0
     _quiet_libraries()
     if args.command == "optimizer":

@@ -6,10 +6,8 @@ Unknown keys and bad values are refused with an error that names the key.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,11 +16,9 @@ import yaml
 
 from hatchery.es.shaping import FailedSamples, Shaping
 from hatchery.model import DTYPES, EMBEDDED
+from hatchery.schema import ConfigError, check, from_dict
 from hatchery.tasks import TASKS
-
-
-class ConfigError(ValueError):
-    """A config value is unknown, of the wrong type or out of range."""
+from reward_svc.specs import BUILTIN_NAMES, parse_specs
 
 
 @dataclass(frozen=True)
@@ -73,78 +69,59 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class RewardServiceConfig:
+    addresses: list[str]  # host:port of each replica of one reward service
+    grader: str = ""  # empty: that service's default grader
+    weight: float = 1.0
+    token_env: str = ""  # environment variable on each worker holding the bearer token; empty: none
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    graders: dict[str, Any] = field(default_factory=dict)  # extra graders of the local reward service, by name
+    services: list[RewardServiceConfig] = field(default_factory=list)  # empty: the local reward service
+    timeout_seconds: float = 60.0  # deadline of one Score call
+    retries: int = 5  # of a call that found a service unavailable, with backoff, on the next replica
+    batch_size: int = 256  # samples per Score call
+
+
+@dataclass(frozen=True)
 class RunConfig:
     run_dir: str = ""  # empty: runs/<date>-<time> under the current directory
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     es: EsConfig = field(default_factory=EsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    grader: str = ""  # empty: the task's grader
+    grader: str = ""  # the local reward service's grader; empty: the task's
+    reward: RewardConfig = field(default_factory=RewardConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _convert(value: Any, hint: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
-        return _build(hint, value, key + ".")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
-        (item,) = typing.get_args(hint)
-        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{key}: must be finite, got {value!r}")
-        return float(value)
-    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if hint in (str, bool) and not isinstance(value, hint):
-        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
-    return value
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(data) - set(hints))
-    if unknown:
-        raise ConfigError(f"unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(hints))})")
-    return cls(**{k: _convert(v, hints[k], prefix + k) for k, v in data.items()})
-
-
-def _check(ok: bool, key: str, message: str, value: Any) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {message}, got {value!r}")
-
-
 def validate(cfg: RunConfig) -> RunConfig:
     """Range and choice checks that types alone do not express."""
-    _check(cfg.model.dtype in DTYPES, "model.dtype", f"must be one of {sorted(DTYPES)}", cfg.model.dtype)
-    _check(cfg.task.name in TASKS, "task.name", f"must be one of {sorted(TASKS)}", cfg.task.name)
-    _check(cfg.task.heldout_size >= 1, "task.heldout_size", "must be >= 1", cfg.task.heldout_size)
-    _check(cfg.task.max_new_tokens >= 0, "task.max_new_tokens", "must be >= 0", cfg.task.max_new_tokens)
+    check(cfg.model.dtype in DTYPES, "model.dtype", f"must be one of {sorted(DTYPES)}", cfg.model.dtype)
+    check(cfg.task.name in TASKS, "task.name", f"must be one of {sorted(TASKS)}", cfg.task.name)
+    check(cfg.task.heldout_size >= 1, "task.heldout_size", "must be >= 1", cfg.task.heldout_size)
+    check(cfg.task.max_new_tokens >= 0, "task.max_new_tokens", "must be >= 0", cfg.task.max_new_tokens)
     es = cfg.es
-    _check(es.population >= 2 and es.population % 2 == 0, "es.population",
+    check(es.population >= 2 and es.population % 2 == 0, "es.population",
            "must be an even number >= 2 (antithetic pairs)", es.population)
-    _check(1 <= es.rank <= 64, "es.rank", "must be between 1 and 64", es.rank)
-    _check(es.sigma > 0, "es.sigma", "must be > 0", es.sigma)
-    _check(es.lr > 0, "es.lr", "must be > 0", es.lr)
-    _check(es.noise_reuse >= 1, "es.noise_reuse", "must be >= 1", es.noise_reuse)
-    _check(es.seed >= 0, "es.seed", "must be >= 0", es.seed)
-    _check(es.shaping in {s.value for s in Shaping}, "es.shaping",
+    check(1 <= es.rank <= 64, "es.rank", "must be between 1 and 64", es.rank)
+    check(es.sigma > 0, "es.sigma", "must be > 0", es.sigma)
+    check(es.lr > 0, "es.lr", "must be > 0", es.lr)
+    check(es.noise_reuse >= 1, "es.noise_reuse", "must be >= 1", es.noise_reuse)
+    check(es.seed >= 0, "es.seed", "must be >= 0", es.seed)
+    check(es.shaping in {s.value for s in Shaping}, "es.shaping",
            f"must be one of {[s.value for s in Shaping]}", es.shaping)
-    _check(es.failed_samples in {s.value for s in FailedSamples}, "es.failed_samples",
+    check(es.failed_samples in {s.value for s in FailedSamples}, "es.failed_samples",
            f"must be one of {[s.value for s in FailedSamples]}", es.failed_samples)
-    _check(es.optimizer in ("sgd", "adam"), "es.optimizer", "must be 'sgd' or 'adam'", es.optimizer)
-    _check(0 <= es.adam_beta1 < 1, "es.adam_beta1", "must be in [0, 1)", es.adam_beta1)
-    _check(0 <= es.adam_beta2 < 1, "es.adam_beta2", "must be in [0, 1)", es.adam_beta2)
-    _check(es.adam_eps > 0, "es.adam_eps", "must be > 0", es.adam_eps)
-    _check(es.weight_decay >= 0, "es.weight_decay", "must be >= 0", es.weight_decay)
+    check(es.optimizer in ("sgd", "adam"), "es.optimizer", "must be 'sgd' or 'adam'", es.optimizer)
+    check(0 <= es.adam_beta1 < 1, "es.adam_beta1", "must be in [0, 1)", es.adam_beta1)
+    check(0 <= es.adam_beta2 < 1, "es.adam_beta2", "must be in [0, 1)", es.adam_beta2)
+    check(es.adam_eps > 0, "es.adam_eps", "must be > 0", es.adam_eps)
+    check(es.weight_decay >= 0, "es.weight_decay", "must be >= 0", es.weight_decay)
     for key in ("target_modules", "exclude_modules"):
         for pattern in getattr(es, key):
             try:
@@ -152,16 +129,39 @@ def validate(cfg: RunConfig) -> RunConfig:
             except re.error as err:
                 raise ConfigError(f"es.{key}: bad regular expression {pattern!r}: {err}") from None
     tr = cfg.train
-    _check(tr.generations >= 1, "train.generations", "must be >= 1", tr.generations)
-    _check(tr.time_budget_seconds >= 0, "train.time_budget_seconds", "must be >= 0", tr.time_budget_seconds)
-    _check(tr.prompts_per_member >= 1, "train.prompts_per_member", "must be >= 1", tr.prompts_per_member)
-    _check(tr.temperature >= 0, "train.temperature", "must be >= 0", tr.temperature)
-    _check(tr.eval_every >= 1, "train.eval_every", "must be >= 1", tr.eval_every)
-    _check(tr.members_per_lease >= 0, "train.members_per_lease", "must be >= 0", tr.members_per_lease)
-    _check(tr.lease_timeout_seconds > 0, "train.lease_timeout_seconds", "must be > 0", tr.lease_timeout_seconds)
-    _check(tr.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0", tr.checkpoint_every)
-    _check(tr.checkpoints_kept >= 1, "train.checkpoints_kept", "must be >= 1", tr.checkpoints_kept)
+    check(tr.generations >= 1, "train.generations", "must be >= 1", tr.generations)
+    check(tr.time_budget_seconds >= 0, "train.time_budget_seconds", "must be >= 0", tr.time_budget_seconds)
+    check(tr.prompts_per_member >= 1, "train.prompts_per_member", "must be >= 1", tr.prompts_per_member)
+    check(tr.temperature >= 0, "train.temperature", "must be >= 0", tr.temperature)
+    check(tr.eval_every >= 1, "train.eval_every", "must be >= 1", tr.eval_every)
+    check(tr.members_per_lease >= 0, "train.members_per_lease", "must be >= 0", tr.members_per_lease)
+    check(tr.lease_timeout_seconds > 0, "train.lease_timeout_seconds", "must be > 0", tr.lease_timeout_seconds)
+    check(tr.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0", tr.checkpoint_every)
+    check(tr.checkpoints_kept >= 1, "train.checkpoints_kept", "must be >= 1", tr.checkpoints_kept)
+    _validate_reward(cfg)
     return cfg
+
+
+def _validate_reward(cfg: RunConfig) -> None:
+    rw = cfg.reward
+    specs = parse_specs(rw.graders, "reward.graders.")
+    check(not (cfg.grader and rw.services), "grader", "names the local reward service's grader; with "
+          "reward.services set, give each service its own grader", cfg.grader)
+    if cfg.grader:
+        check(cfg.grader in BUILTIN_NAMES or cfg.grader in specs, "grader",
+              f"must be a built-in grader {list(BUILTIN_NAMES)} or one defined in reward.graders", cfg.grader)
+    check(rw.timeout_seconds > 0, "reward.timeout_seconds", "must be > 0", rw.timeout_seconds)
+    check(rw.retries >= 0, "reward.retries", "must be >= 0", rw.retries)
+    check(rw.batch_size >= 1, "reward.batch_size", "must be >= 1", rw.batch_size)
+    for i, service in enumerate(rw.services):
+        key = f"reward.services[{i}]"
+        check(bool(service.addresses), f"{key}.addresses", "needs at least one host:port", service.addresses)
+        for address in service.addresses:
+            check(re.fullmatch(r"\S+:\d{1,5}", address) is not None, f"{key}.addresses", "must be host:port",
+                  address)
+        check(service.weight != 0, f"{key}.weight", "must not be 0", service.weight)
+        check(service.token_env == "" or re.fullmatch(r"[A-Za-z_]\w*", service.token_env) is not None,
+              f"{key}.token_env", "must be an environment variable name", service.token_env)
 
 
 def parse_config(data: dict[str, Any] | None) -> RunConfig:
@@ -169,7 +169,7 @@ def parse_config(data: dict[str, Any] | None) -> RunConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config must be a mapping at the top level, got {type(data).__name__}")
-    return validate(_build(RunConfig, data))
+    return validate(from_dict(RunConfig, data))
 
 
 def with_fresh_run_dir(cfg: RunConfig) -> RunConfig:

@@ -3,6 +3,7 @@ message size limits, port files and channel options."""
 
 from __future__ import annotations
 
+import hmac
 import os
 import signal
 import threading
@@ -21,11 +22,53 @@ CHANNEL_OPTIONS = [
 ]
 
 
-class Server:
-    """A grpc.Server with health checking and reflection for the given services."""
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
-    def __init__(self, service_names: Iterable[str], host: str = "127.0.0.1", port: int = 0, max_workers: int = 8):
-        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=CHANNEL_OPTIONS)
+
+def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same streaming kind as `handler` that only aborts."""
+
+    def abort(request, context):
+        context.abort(code, message)
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(abort)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(abort)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(abort)
+    return grpc.unary_unary_rpc_method_handler(abort)
+
+
+class BearerTokenInterceptor(grpc.ServerInterceptor):
+    """Every call but health checks (which Kubernetes probes make without credentials)
+    must carry `authorization: Bearer <token>`; compared in constant time."""
+
+    def __init__(self, token: str):
+        self._expected = f"Bearer {token}".encode()
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or details.method.startswith(HEALTH_PREFIX):
+            return handler
+        given = dict(details.invocation_metadata).get("authorization")
+        if given is None:
+            return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED,
+                            "missing bearer token: send metadata 'authorization: Bearer <token>'")
+        if not hmac.compare_digest(str(given).encode(), self._expected):
+            return _refusal(handler, grpc.StatusCode.PERMISSION_DENIED, "wrong bearer token")
+        return handler
+
+
+class Server:
+    """A grpc.Server with health checking and reflection for the given services,
+    and a bearer-token check when a token is given."""
+
+    def __init__(self, service_names: Iterable[str], host: str = "127.0.0.1", port: int = 0, max_workers: int = 8,
+                 token: str | None = None):
+        interceptors = [BearerTokenInterceptor(token)] if token else []
+        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=CHANNEL_OPTIONS,
+                                interceptors=interceptors)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         self.service_names = list(service_names)

@@ -1,17 +1,31 @@
 """Built-in graders: pure functions of one sample, no torch, no network.
 
-A grader returns a `Grade` or raises; the server turns an exception into a
-FAILED status, never into a score of 0.
+A grader returns a `Grade`, raises `NotApplicable`, or raises anything else;
+`PerSample` turns the last into a FAILED outcome, never into a score of 0.
+Graders that score whole batches (plug-ins, bridges) implement `BatchGrader`.
 """
 
 from __future__ import annotations
 
 import ast
+import math
 import operator
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
+from fractions import Fraction
+from typing import Protocol
+
+
+class SampleLike(Protocol):
+    """What a grader reads of a sample; hatchery.v1.Sample has these fields."""
+
+    prompt: str
+    completion: str
+    reference: str
+    metadata: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -24,7 +38,65 @@ class NotApplicable(Exception):
     """The grader does not apply to this sample (for example a missing column)."""
 
 
+class Status(str, Enum):
+    """How scoring one sample ended; mirrors hatchery.v1.ScoreStatus."""
+
+    OK = "ok"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    NOT_APPLICABLE = "not_applicable"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: Status
+    score: float = 0.0  # meaningful only when status is OK
+    sub_scores: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+    @classmethod
+    def failed(cls, error: str, status: Status = Status.FAILED) -> Outcome:
+        return cls(status, error=error)
+
+    @classmethod
+    def of_score(cls, score: float, sub_scores: dict[str, float] | None = None) -> Outcome:
+        """OK for a finite number; FAILED (not 0) for NaN, inf or a non-number."""
+        if isinstance(score, bool) or not isinstance(score, (int, float)):
+            return cls.failed(f"grader returned {type(score).__name__} {score!r}, not a number")
+        if not math.isfinite(score):
+            return cls.failed(f"grader returned {score}")
+        return cls(Status.OK, float(score), dict(sub_scores or {}))
+
+
+class BatchGrader(Protocol):
+    """Scores a batch; returns exactly one outcome per sample, in order, and never raises for one bad sample."""
+
+    sub_score_names: tuple[str, ...]
+
+    def score(self, samples: Sequence[SampleLike]) -> list[Outcome]: ...
+
+
 Grader = Callable[[str, str, str, Mapping[str, str]], Grade]  # (prompt, completion, reference, metadata)
+
+
+class PerSample:
+    """A per-sample grader as a BatchGrader: one sample's error costs that sample only."""
+
+    def __init__(self, grader: Grader, sub_score_names: tuple[str, ...] = ()):
+        self.grader, self.sub_score_names = grader, sub_score_names
+
+    def score_one(self, s: SampleLike) -> Outcome:
+        try:
+            grade = self.grader(s.prompt, s.completion, s.reference, s.metadata)
+        except NotApplicable as err:
+            return Outcome.failed(str(err), Status.NOT_APPLICABLE)
+        except Exception as err:  # a grader bug costs one sample, not the batch
+            return Outcome.failed(f"{type(err).__name__}: {err}")
+        return Outcome.of_score(grade.score, grade.sub_scores)
+
+    def score(self, samples: Sequence[SampleLike]) -> list[Outcome]:
+        return [self.score_one(s) for s in samples]
+
 
 _INTEGER = re.compile(r"-?\d+")
 
@@ -106,5 +178,108 @@ def length(prompt: str, completion: str, reference: str, metadata: Mapping[str, 
     return Grade(-abs(len(completion.strip()) - len(reference.strip())))
 
 
-GRADERS: dict[str, Grader] = {"first_integer": first_integer, "countdown": countdown, "length": length}
-SUB_SCORES = ("format", "answer")
+_FINAL_GSM8K = re.compile(r"####\s*([^\n]*)")
+_NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?(?:/\d+)?")
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_FRAC = re.compile(r"\\[dt]?frac\{\s*(-?[\d.]+)\s*\}\{\s*(-?[\d.]+)\s*\}")
+_LATEX_NOISE = re.compile(r"\\[!,; ]|\\text\{[^}]*\}|\\left|\\right|\\%|\\\$|[$%]")
+
+
+def _last_boxed(text: str) -> str | None:
+    """The contents of the last \\boxed{...}, with nested braces."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 1, start + len("\\boxed{")
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j]
+    return None
+
+
+def final_answer(text: str) -> str:
+    """Where a solution states its answer: the last `#### N` line (GSM8K), else the last
+    \\boxed{} (LaTeX), else the whole text (its last number is taken)."""
+    marked = _FINAL_GSM8K.findall(text)
+    if marked:
+        return marked[-1]
+    boxed = _last_boxed(text)
+    return boxed if boxed is not None else text
+
+
+def parse_number(text: str, last: bool = False) -> Fraction | None:
+    """The first (or last) number in text, exactly: thousands separators, currency and
+    percent signs and LaTeX spacing are ignored; 3/4, \\frac{3}{4}, 0.75 and 7.50 are numbers."""
+    cleaned = _THOUSANDS.sub("", _LATEX_NOISE.sub("", text.replace("\u2212", "-")))
+    cleaned = _FRAC.sub(r"\1/\2", cleaned)
+    found = _NUMBER.findall(cleaned)
+    if not found:
+        return None
+    try:
+        return Fraction(found[-1] if last else found[0])
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def numeric(prompt: str, completion: str, reference: str, metadata: Mapping[str, str]) -> Grade:
+    """1 if the completion's final answer (#### N, \\boxed{N} or its last number) equals the
+    reference's as a number (72 = 72.00 = $72 = 144/2), else 0."""
+    expected = parse_number(final_answer(reference), last=True)
+    if expected is None:
+        raise NotApplicable("numeric needs a reference that holds a number")
+    marked = final_answer(completion)
+    got = parse_number(marked, last=marked is completion)
+    return Grade(1.0 if got is not None and got == expected else 0.0)
+
+
+class Regex:
+    """A format reward: match_score when the pattern is found (mode "search") or covers the
+    whole completion (mode "fullmatch"), else miss_score."""
+
+    def __init__(self, pattern: str, mode: str = "search", match_score: float = 1.0, miss_score: float = 0.0):
+        if mode not in ("search", "fullmatch"):
+            raise ValueError(f"mode must be 'search' or 'fullmatch', got {mode!r}")
+        self.pattern = re.compile(pattern, re.DOTALL)
+        self.match = self.pattern.search if mode == "search" else self.pattern.fullmatch
+        self.match_score, self.miss_score = match_score, miss_score
+
+    def __call__(self, prompt: str, completion: str, reference: str, metadata: Mapping[str, str]) -> Grade:
+        return Grade(self.match_score if self.match(completion) else self.miss_score)
+
+
+class Combined:
+    """A weighted sum of other graders. A sample that any part cannot score gets that
+    part's status (never a partial sum); sub-scores name each part."""
+
+    def __init__(self, parts: Sequence[tuple[str, float, BatchGrader]]):
+        if not parts:
+            raise ValueError("a combined grader needs at least one part")
+        self.parts = list(parts)
+        self.sub_score_names = tuple(name for name, _, _ in parts) + tuple(
+            f"{name}.{sub}" for name, _, grader in parts for sub in grader.sub_score_names)
+
+    def score(self, samples: Sequence[SampleLike]) -> list[Outcome]:
+        per_part = [grader.score(samples) for _, _, grader in self.parts]
+        combined = []
+        for i in range(len(samples)):
+            outcomes = [(name, weight, results[i]) for (name, weight, _), results in zip(self.parts, per_part)]
+            bad = next(((name, o) for name, _, o in outcomes if o.status is not Status.OK), None)
+            if bad:
+                name, o = bad
+                combined.append(Outcome.failed(f"{name}: {o.error}", o.status))
+                continue
+            subs = {name: o.score for name, _, o in outcomes}
+            subs.update({f"{name}.{k}": v for name, _, o in outcomes for k, v in o.sub_scores.items()})
+            combined.append(Outcome.of_score(sum(w * o.score for _, w, o in outcomes), subs))
+        return combined
+
+
+def builtin_graders() -> dict[str, BatchGrader]:
+    """The graders every Hatchery reward service offers by name, with no configuration."""
+    return {
+        "first_integer": PerSample(first_integer),
+        "countdown": PerSample(countdown, ("format", "answer")),
+        "numeric": PerSample(numeric),
+        "length": PerSample(length),
+    }

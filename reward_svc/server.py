@@ -1,37 +1,37 @@
-"""hatchery.v1.RewardService over the built-in graders."""
+"""hatchery.v1.RewardService over the built-in graders and the graders a specs file defines."""
 
 from __future__ import annotations
 
 import logging
-import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import yaml
 
 from hatchery import __version__
 from hatchery.serving import Server, invalid_argument_on_value_error, stop_event_on_signals
 from hatchery.v1 import reward_pb2 as pb
 from hatchery.v1 import reward_pb2_grpc
-from reward_svc.graders import GRADERS, SUB_SCORES, Grader, NotApplicable
+from reward_svc.graders import BatchGrader, Outcome, Status, builtin_graders
+from reward_svc.specs import build_graders, close_graders
 
 MAX_SAMPLES = 4096
 MAX_TEXT_CHARS = 1 << 20
+TOKEN_ENV = "HATCHERY_REWARD_TOKEN"  # when set, every call needs `authorization: Bearer <token>`
+STATUS = {Status.OK: pb.SCORE_STATUS_OK, Status.FAILED: pb.SCORE_STATUS_FAILED,
+          Status.TIMED_OUT: pb.SCORE_STATUS_TIMED_OUT, Status.NOT_APPLICABLE: pb.SCORE_STATUS_NOT_APPLICABLE}
 
 log = logging.getLogger("hatchery.reward")
 
 
-def score_sample(grader: Grader, sample: pb.Sample) -> pb.SampleScore:
-    """One sample's result; a grader error is a FAILED status, never a 0."""
-    try:
-        grade = grader(sample.prompt, sample.completion, sample.reference, sample.metadata)
-    except NotApplicable as err:
-        return pb.SampleScore(status=pb.SCORE_STATUS_NOT_APPLICABLE, error=str(err))
-    except Exception as err:  # a grader bug costs one sample, not the batch
-        return pb.SampleScore(status=pb.SCORE_STATUS_FAILED, error=f"{type(err).__name__}: {err}")
-    if not math.isfinite(grade.score):
-        return pb.SampleScore(status=pb.SCORE_STATUS_FAILED, error=f"grader returned {grade.score}")
-    return pb.SampleScore(score=grade.score, status=pb.SCORE_STATUS_OK, sub_scores=grade.sub_scores)
+def to_proto(outcome: Outcome) -> pb.SampleScore:
+    return pb.SampleScore(score=outcome.score, status=STATUS[outcome.status], sub_scores=outcome.sub_scores,
+                          error=outcome.error)
 
 
 class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
-    def __init__(self, graders: dict[str, Grader] = GRADERS, default: str = "first_integer"):
+    def __init__(self, graders: Mapping[str, BatchGrader], default: str = "first_integer"):
         if default not in graders:
             raise ValueError(f"default grader {default!r} is not one of {sorted(graders)}")
         self.graders, self.default = graders, default
@@ -46,26 +46,46 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         for i, s in enumerate(request.samples):
             if max(len(s.prompt), len(s.completion), len(s.reference)) > MAX_TEXT_CHARS:
                 raise ValueError(f"sample {i}: a text field is longer than {MAX_TEXT_CHARS} characters")
-        grader = self.graders[name]
-        return pb.ScoreResponse(results=[score_sample(grader, s) for s in request.samples])
+        outcomes = self.graders[name].score(request.samples)
+        if len(outcomes) != len(request.samples):  # a grader bug must not shift scores onto other samples
+            outcomes = [Outcome.failed(f"grader {name} returned {len(outcomes)} results for "
+                                       f"{len(request.samples)} samples")] * len(request.samples)
+        return pb.ScoreResponse(results=[to_proto(o) for o in outcomes])
 
     def Describe(self, request: pb.DescribeRequest, context) -> pb.DescribeResponse:
         names = [self.default] + sorted(set(self.graders) - {self.default})
+        sub_scores = sorted({sub for g in self.graders.values() for sub in g.sub_score_names})
         return pb.DescribeResponse(name="hatchery-builtin", version=__version__, graders=names,
-                                   sub_score_names=list(SUB_SCORES))
+                                   sub_score_names=sub_scores)
 
 
-def reward_server(default_grader: str = "first_integer", host: str = "127.0.0.1", port: int = 0) -> Server:
+def reward_server(default_grader: str = "first_integer", host: str = "127.0.0.1", port: int = 0,
+                  graders: Mapping[str, BatchGrader] | None = None, token: str | None = None) -> Server:
     """The RewardService with health and reflection, bound but not started."""
-    server = Server([pb.DESCRIPTOR.services_by_name["RewardService"].full_name], host, port)
-    reward_pb2_grpc.add_RewardServiceServicer_to_server(RewardServicer(default=default_grader), server.grpc)
+    server = Server([pb.DESCRIPTOR.services_by_name["RewardService"].full_name], host, port, token=token)
+    servicer = RewardServicer(builtin_graders() if graders is None else graders, default_grader)
+    reward_pb2_grpc.add_RewardServiceServicer_to_server(servicer, server.grpc)
     return server
 
 
-def serve(host: str, port: int, port_file: str | None, default_grader: str) -> None:
-    server = reward_server(default_grader, host, port)
-    stop = stop_event_on_signals()
-    server.start(port_file)
-    log.info("reward service on %s", server.address)
-    stop.wait()
-    server.stop()
+def load_graders_file(path: str | None) -> dict[str, BatchGrader]:
+    """The built-ins plus the graders a YAML file defines (a mapping of name to spec)."""
+    if not path:
+        return builtin_graders()
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of grader name to spec")
+    return build_graders(data)
+
+
+def serve(host: str, port: int, port_file: str | None, default_grader: str, graders_file: str | None = None) -> None:
+    graders = load_graders_file(graders_file)
+    try:
+        server = reward_server(default_grader, host, port, graders, token=os.environ.get(TOKEN_ENV) or None)
+        stop = stop_event_on_signals()
+        server.start(port_file)
+        log.info("reward service on %s with graders %s", server.address, ", ".join(sorted(graders)))
+        stop.wait()
+        server.stop()
+    finally:
+        close_graders(graders)

@@ -15,14 +15,14 @@ from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import reward_pb2
 from inference_svc.evaluator import Evaluator
 from optimizer_svc.coordinator import Coordinator
-from reward_svc.graders import GRADERS
-from reward_svc.server import score_sample
+from reward_svc.graders import builtin_graders
+from reward_svc.server import to_proto
 
 
 def run_reference(cfg: RunConfig, run_dir: Path) -> Coordinator:
     coordinator = Coordinator(cfg, load_model(cfg.model.source, cfg.model.dtype), run_dir)
     evaluator = Evaluator(load_model(cfg.model.source, cfg.model.dtype), es_settings(cfg))
-    grader = GRADERS[cfg.grader or coordinator.task.grader]
+    grader = builtin_graders()[cfg.grader or coordinator.task.grader]
     while True:
         work = coordinator.get_work("reference", evaluator.applied_generation)
         for record in work.updates:
@@ -32,9 +32,9 @@ def run_reference(cfg: RunConfig, run_dir: Path) -> Coordinator:
         lease = work.lease
         completions = evaluator.evaluate(lease)
         prompts = list(lease.prompts) * (len(completions.texts) // len(lease.prompts))
-        scores = [score_sample(grader, reward_pb2.Sample(prompt=p.text, completion=c, reference=p.reference,
-                                                         metadata=p.metadata))
-                  for c, p in zip(completions.texts, prompts)]
+        scores = [to_proto(o) for o in grader.score([
+            reward_pb2.Sample(prompt=p.text, completion=c, reference=p.reference, metadata=p.metadata)
+            for c, p in zip(completions.texts, prompts)])]
         reply = coordinator.report(pb.ReportResultRequest(
             worker_id="reference", lease_id=lease.lease_id, generation=lease.generation,
             rewards=[s.score for s in scores], statuses=[s.status for s in scores],

@@ -1,0 +1,171 @@
+"""Python reward plug-ins: a TRL-style function, run in worker processes.
+
+The function is named `module:function` and called as TRL calls reward
+functions: `fn(prompts=[...], completions=[...], reference=[...], **columns)`,
+where each metadata key of the samples is a column (None where a sample lacks
+it). It returns one float, or None for "not applicable", per completion, and may
+be `async`. Each call runs in a separate process with a memory limit and a time
+limit, so a grader that hangs, leaks or crashes costs the samples it was scoring,
+never the reward service: a call over several samples that fails as a whole is
+retried sample by sample, so only the culprit is marked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import multiprocessing
+import queue
+import resource
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from typing import Any
+
+from reward_svc.graders import Outcome, SampleLike, Status
+
+log = logging.getLogger("hatchery.reward.plugins")
+START_TIMEOUT_SECONDS = 60.0
+
+
+def _columns(samples: Sequence[SampleLike]) -> dict[str, list[Any]]:
+    keys = sorted({k for s in samples for k in s.metadata})
+    columns: dict[str, list[Any]] = {k: [s.metadata.get(k) for s in samples] for k in keys}
+    columns["reference"] = [s.reference for s in samples]
+    return columns
+
+
+def _child(conn: Connection, function: str, path: str, memory_mb: int) -> None:
+    """The worker process: import the function once, then score batches until told to stop."""
+    if memory_mb:
+        limit = memory_mb * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if path:
+        sys.path.insert(0, path)
+    try:
+        module_name, _, attr = function.partition(":")
+        fn = getattr(importlib.import_module(module_name), attr)
+        if not callable(fn):
+            raise TypeError(f"{function} is a {type(fn).__name__}, not a function")
+    except BaseException as err:  # noqa: BLE001 - report whatever stopped the import to the parent
+        conn.send(("error", f"cannot load {function}: {type(err).__name__}: {err}"))
+        return
+    conn.send(("ready", None))
+    while True:
+        try:
+            kwargs = conn.recv()
+        except EOFError:
+            return
+        try:
+            result = fn(**kwargs)
+            if inspect.isawaitable(result):
+                result = asyncio.run(_awaited(result))
+            conn.send(("ok", list(result)))
+        except BaseException as err:  # noqa: BLE001 - MemoryError and SystemExit included
+            conn.send(("error", f"{type(err).__name__}: {err}"))
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+class _Process:
+    """One worker process and its end of the pipe."""
+
+    def __init__(self, function: str, path: str, memory_mb: int):
+        ctx = multiprocessing.get_context("spawn")  # not fork: the gRPC server has threads
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_child, args=(child, function, path, memory_mb), daemon=True,
+                                name=f"reward-plugin {function}")
+        self.proc.start()
+        child.close()
+        if not self.conn.poll(START_TIMEOUT_SECONDS):
+            self.kill()
+            raise RuntimeError(f"plug-in {function} did not load within {START_TIMEOUT_SECONDS:.0f} s")
+        try:
+            kind, message = self.conn.recv()
+        except EOFError:
+            raise RuntimeError(f"plug-in {function} exited while loading "
+                               f"(code {self.proc.exitcode}; out of memory?)") from None
+        if kind != "ready":
+            self.kill()
+            raise RuntimeError(message)
+
+    def call(self, kwargs: dict[str, Any], timeout: float) -> tuple[str, Any]:
+        """("ok", values), ("error", message), ("timeout", message) or ("crashed", message)."""
+        self.conn.send(kwargs)
+        if not self.conn.poll(timeout):
+            return "timeout", f"no answer within {timeout:g} s"
+        try:
+            return self.conn.recv()
+        except (EOFError, ConnectionResetError):
+            self.proc.join(1.0)
+            return "crashed", f"the plug-in process exited with code {self.proc.exitcode}"
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.join()
+        self.conn.close()
+
+
+class PluginGrader:
+    """A BatchGrader over a pool of worker processes running one plug-in function."""
+
+    sub_score_names: tuple[str, ...] = ()
+
+    def __init__(self, function: str, path: str = "", timeout_seconds: float = 10.0, memory_mb: int = 2048,
+                 processes: int = 2, batch_size: int = 16):
+        if ":" not in function:
+            raise ValueError(f"plug-in function must be 'module:function', got {function!r}")
+        self.function, self.path, self.memory_mb = function, path, memory_mb
+        self.timeout_seconds, self.batch_size = timeout_seconds, batch_size
+        self._idle: queue.Queue[_Process | None] = queue.Queue()  # None: a process to start on first use
+        for _ in range(processes):  # load errors surface here, before the service starts
+            self._idle.put(_Process(function, path, memory_mb))
+        self._pool = ThreadPoolExecutor(max_workers=processes, thread_name_prefix="reward-plugin")
+        self._processes = processes
+
+    def score(self, samples: Sequence[SampleLike]) -> list[Outcome]:
+        chunks = [samples[i:i + self.batch_size] for i in range(0, len(samples), self.batch_size)]
+        return [o for chunk in self._pool.map(self._score_chunk, chunks) for o in chunk]
+
+    def _score_chunk(self, samples: Sequence[SampleLike]) -> list[Outcome]:
+        """One call for the chunk; if the call fails as a whole, one call per sample."""
+        outcomes = self._call(samples)
+        if len(samples) > 1 and all(o.status in (Status.FAILED, Status.TIMED_OUT) for o in outcomes):
+            return [self._call([s])[0] for s in samples]
+        return outcomes
+
+    def _call(self, samples: Sequence[SampleLike]) -> list[Outcome]:
+        kwargs = {"prompts": [s.prompt for s in samples], "completions": [s.completion for s in samples],
+                  **_columns(samples)}
+        proc = self._idle.get()
+        try:
+            proc = proc or _Process(self.function, self.path, self.memory_mb)
+            kind, value = proc.call(kwargs, self.timeout_seconds)
+        except (RuntimeError, OSError) as err:  # could not restart, or the pipe broke
+            kind, value = "crashed", str(err)
+        if kind in ("timeout", "crashed") and proc is not None:
+            log.warning("plug-in %s: %s; its process will be restarted", self.function, value)
+            proc.kill()
+            proc = None
+        self._idle.put(proc)
+        if kind == "timeout":
+            return [Outcome.failed(f"{self.function}: {value}", Status.TIMED_OUT)] * len(samples)
+        if kind != "ok":
+            return [Outcome.failed(f"{self.function}: {value}")] * len(samples)
+        if len(value) != len(samples):
+            return [Outcome.failed(f"{self.function} returned {len(value)} scores for {len(samples)} samples")
+                    ] * len(samples)
+        return [Outcome.failed(f"{self.function} returned None", Status.NOT_APPLICABLE) if v is None
+                else Outcome.of_score(v) for v in value]
+
+    def close(self) -> None:
+        self._pool.shutdown()
+        for _ in range(self._processes):
+            proc = self._idle.get()
+            if proc is not None:
+                proc.kill()

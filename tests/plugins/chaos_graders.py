@@ -1,0 +1,50 @@
+"""Reward plug-ins for the tests, TRL-style: (prompts, completions, **columns) -> list[float | None].
+
+`chaos` misbehaves on purpose, by completion: "sleep" hangs, "raise" raises,
+"nan" returns NaN, "exit" kills its own process, "hog" allocates without bound,
+"none" is not applicable, "ok:X" scores X.
+"""
+
+import asyncio
+import math
+import os
+import time
+
+
+def chaos(prompts, completions, **kwargs):
+    scores = []
+    for text in completions:
+        if text == "sleep":
+            time.sleep(600)
+        elif text == "raise":
+            raise RuntimeError("the grader broke on purpose")
+        elif text == "exit":
+            os._exit(3)
+        elif text == "hog":
+            hoard = []
+            while True:
+                hoard.append(bytearray(64 * 2**20))
+        scores.append(math.nan if text == "nan" else None if text == "none" else float(text.split(":")[1]))
+    return scores
+
+
+def wrong_count(prompts, completions, **kwargs):
+    return [1.0] * (len(completions) + 1)
+
+
+async def matches_reference(prompts, completions, reference, **kwargs):
+    """Async, and reads a column: 1.0 when the completion is the reference, else 0.0."""
+    await asyncio.sleep(0)
+    return [float(c.strip() == r.strip()) for c, r in zip(completions, reference)]
+
+
+def target_column(completions, target=None, **kwargs):
+    """Reads a metadata column; None (not applicable) where a sample lacks it."""
+    return [None if t is None else float(len(c) == int(t)) for c, t in zip(completions, target)]
+
+
+def logged_length(prompts, completions, reference, **kwargs):
+    """The length reward, noting which replica scored it in $REPLICA_LOG."""
+    with open(os.environ["REPLICA_LOG"], "a") as f:
+        f.write(os.environ["REPLICA_NAME"] + "\n")
+    return [-abs(len(c.strip()) - len(r.strip())) for c, r in zip(completions, reference)]

@@ -1,0 +1,155 @@
+"""Python reward plug-ins and the OpenRLHF HTTP bridge, served by a real reward
+server on loopback: misbehaving graders cost their own samples, and the server
+keeps serving."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import grpc
+import pytest
+
+from hatchery.serving import channel
+from hatchery.v1 import reward_pb2 as pb
+from hatchery.v1 import reward_pb2_grpc
+from reward_svc.server import reward_server
+from reward_svc.specs import build_graders, close_graders
+
+PLUGINS = str(Path(__file__).parent / "plugins")
+OK, FAILED, TIMED_OUT, NA = (pb.SCORE_STATUS_OK, pb.SCORE_STATUS_FAILED, pb.SCORE_STATUS_TIMED_OUT,
+                             pb.SCORE_STATUS_NOT_APPLICABLE)
+
+
+def plugin(function, **settings):
+    return {"type": "python", "function": f"chaos_graders:{function}", "path": PLUGINS, **settings}
+
+
+@pytest.fixture(scope="module")
+def rewards():
+    graders = build_graders({
+        "chaos": plugin("chaos", timeout_seconds=2.0, memory_mb=512, batch_size=16),
+        "wrong_count": plugin("wrong_count", processes=1),
+        "exact": plugin("matches_reference", processes=1),
+        "target": plugin("target_column", processes=1),
+        "exact_and_short": {"type": "combined", "parts": {"exact": 1.0, "length": 0.5}},
+        "chaos_and_short": {"type": "combined", "parts": {"chaos": 1.0, "length": 0.5}},
+    })
+    server = reward_server(graders=graders)
+    server.start()
+    yield reward_pb2_grpc.RewardServiceStub(channel(server.address))
+    server.stop()
+    close_graders(graders)
+
+
+def score(stub, grader, completions, **fields):
+    samples = [pb.Sample(completion=c, **fields) for c in completions]
+    return stub.Score(pb.ScoreRequest(samples=samples, grader=grader), timeout=120).results
+
+
+def test_each_misbehaviour_costs_only_its_own_sample(rewards):
+    batch = ["ok:1", "sleep", "ok:2", "raise", "nan", "exit", "none", "hog", "ok:3"]
+    results = score(rewards, "chaos", batch)
+    assert [r.status for r in results] == [OK, TIMED_OUT, OK, FAILED, FAILED, FAILED, NA, FAILED, OK]
+    assert [r.score for r in results if r.status == OK] == [1.0, 2.0, 3.0]
+    errors = [r.error for r in results]
+    assert "2 s" in errors[1] and "on purpose" in errors[3] and "nan" in errors[4]
+    assert "exited with code 3" in errors[5] and "MemoryError" in errors[7]
+    # the service, and the plug-in's restarted processes, keep serving
+    again = score(rewards, "chaos", ["ok:4"] * 40)
+    assert [r.status for r in again] == [OK] * 40 and {r.score for r in again} == {4.0}
+
+
+def test_wrong_number_of_scores_fails_the_samples_not_the_server(rewards):
+    results = score(rewards, "wrong_count", ["a", "b", "c"])
+    assert [r.status for r in results] == [FAILED] * 3
+    assert "returned 2 scores for 1 sample" in results[0].error
+
+
+def test_async_plugins_read_reference_and_metadata_columns(rewards):
+    results = score(rewards, "exact", ["7", " 7 ", "8"], reference="7")
+    assert [(r.status, r.score) for r in results] == [(OK, 1.0), (OK, 1.0), (OK, 0.0)]
+    samples = [pb.Sample(completion="abc", metadata={"target": "3"}), pb.Sample(completion="abc"),
+               pb.Sample(completion="ab", metadata={"target": "3"})]
+    results = rewards.Score(pb.ScoreRequest(samples=samples, grader="target"), timeout=60).results
+    assert [(r.status, r.score) for r in results] == [(OK, 1.0), (NA, 0.0), (OK, 0.0)]
+
+
+def test_combined_grader_weights_parts_and_names_them(rewards):
+    (right, wrong) = score(rewards, "exact_and_short", ["7", "77"], reference="7")
+    assert right.score == 1.0 and dict(right.sub_scores) == {"exact": 1.0, "length": 0.0}
+    assert wrong.score == pytest.approx(-0.5) and dict(wrong.sub_scores) == {"exact": 0.0, "length": -1.0}
+    (broken,) = score(rewards, "chaos_and_short", ["raise"])  # a failing part fails the sample, naming the part
+    assert broken.status == FAILED and broken.error.startswith("chaos:")
+
+
+def test_a_plugin_that_cannot_load_is_refused_before_serving():
+    with pytest.raises(RuntimeError, match="no_such_module"):
+        build_graders({"broken": {"type": "python", "function": "no_such_module:f", "path": PLUGINS}})
+    with pytest.raises(RuntimeError, match="no_such_function"):
+        build_graders({"broken": plugin("no_such_function")})
+
+
+class _RewardModel(BaseHTTPRequestHandler):
+    """An OpenRLHF-style remote reward model: reward = len(query), after one 503."""
+
+    calls: list[dict] = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).calls.append({"body": body, "auth": self.headers.get("Authorization")})
+        if len(self.calls) == 1:
+            self.send_error(503, "warming up")
+            return
+        rewards = [float(len(q)) for q in body["query"]]
+        if self.path == "/short":
+            rewards = rewards[:-1]
+        payload = json.dumps({"rewards": rewards, "extra_logs": {}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_openrlhf_http_bridge_retries_sends_headers_and_checks_counts(monkeypatch):
+    monkeypatch.setenv("RM_TOKEN", "s3cret")
+    http = ThreadingHTTPServer(("127.0.0.1", 0), _RewardModel)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{http.server_address[1]}"
+    spec = {"type": "openrlhf_http", "headers": {"Authorization": "Bearer ${RM_TOKEN}"}, "retries": 2,
+            "timeout_seconds": 5.0}
+    graders = build_graders({"rm": {**spec, "url": url + "/rm"}, "short": {**spec, "url": url + "/short"},
+                             "gone": {**spec, "url": "http://127.0.0.1:9/rm", "retries": 1}})
+    server = reward_server(graders=graders)
+    server.start()
+    try:
+        stub = reward_pb2_grpc.RewardServiceStub(channel(server.address))
+        samples = [pb.Sample(prompt="Q: ", completion="ab", reference="x"), pb.Sample(prompt="Q: ", completion="a")]
+        results = stub.Score(pb.ScoreRequest(samples=samples, grader="rm"), timeout=60).results
+        assert [(r.status, r.score) for r in results] == [(OK, 5.0), (OK, 4.0)]
+        assert len(_RewardModel.calls) == 2  # one 503, one retry
+        assert _RewardModel.calls[1] == {"body": {"query": ["Q: ab", "Q: a"], "prompts": ["Q: ", "Q: "],
+                                                  "labels": ["x", ""]}, "auth": "Bearer s3cret"}
+        short = stub.Score(pb.ScoreRequest(samples=samples, grader="short"), timeout=60).results
+        assert [r.status for r in short] == [FAILED, FAILED] and "1 rewards for 2 samples" in short[0].error
+        gone = stub.Score(pb.ScoreRequest(samples=samples, grader="gone"), timeout=60).results
+        assert [r.status for r in gone] == [FAILED, FAILED] and "unreachable" in gone[0].error
+    finally:
+        server.stop()
+        http.shutdown()
+
+
+def test_http_bridge_refuses_a_header_whose_variable_is_unset(monkeypatch):
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    with pytest.raises(ValueError, match="NOT_SET_ANYWHERE"):
+        build_graders({"rm": {"type": "openrlhf_http", "url": "http://127.0.0.1:9",
+                              "headers": {"Authorization": "Bearer ${NOT_SET_ANYWHERE}"}}})
+
+
+def test_malformed_requests_still_get_invalid_argument(rewards):
+    with pytest.raises(grpc.RpcError) as err:
+        rewards.Score(pb.ScoreRequest(samples=[pb.Sample()], grader="missing"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
