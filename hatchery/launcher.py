@@ -112,10 +112,15 @@ def run_local(cfg: RunConfig, resume: bool = False) -> int:
         config_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         run_args = ["--config", str(config_path)]
     common = ["--host", HOST, "--port", "0"]
+    reward_args = []
+    if cfg.reward.graders:
+        graders_path = run_dir / "graders.yaml"
+        graders_path.write_text(yaml.safe_dump(cfg.reward.graders, sort_keys=False))
+        reward_args = ["--graders", str(graders_path)]
     procs: dict[str, subprocess.Popen] = {}
     watch = MemoryWatch(procs)
     try:
-        procs["reward"] = spawn_service(["reward", *common, "--port-file", str(ports / "reward")],
+        procs["reward"] = spawn_service(["reward", *common, *reward_args, "--port-file", str(ports / "reward")],
                                         run_dir / "reward.log")
         procs["optimizer"] = spawn_service(["optimizer", *run_args, *common, "--port-file", str(ports / "optimizer")])
         watch.start()

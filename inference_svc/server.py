@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import tempfile
 import threading
@@ -21,9 +22,10 @@ from hatchery.checkpoint import Checkpoint, checkpoint_path
 from hatchery.failpoints import failpoint
 from hatchery.model import generate, load_model
 from hatchery.serving import Server, channel, invalid_argument_on_value_error, stop_event_on_signals
-from hatchery.v1 import inference_pb2, inference_pb2_grpc, optimizer_pb2_grpc, reward_pb2, reward_pb2_grpc
+from hatchery.v1 import inference_pb2, inference_pb2_grpc, optimizer_pb2_grpc, reward_pb2
 from hatchery.v1 import optimizer_pb2 as pb
 from inference_svc.evaluator import Evaluator
+from reward_svc.client import Endpoint, RewardClient
 
 log = logging.getLogger("hatchery.inference")
 RPC_TIMEOUT = 30.0
@@ -42,10 +44,10 @@ class Worker:
         self.outage_limit_seconds = outage_limit_seconds  # give up after the optimizer is gone this long
         self.fetch_checkpoints = fetch_checkpoints  # stream checkpoints over gRPC even when the path is visible
         self.optimizer = optimizer_pb2_grpc.OptimizerServiceStub(channel(optimizer_address))
-        self.reward = reward_pb2_grpc.RewardServiceStub(channel(reward_address))
+        self.reward_address = reward_address  # used when the run names no reward services
+        self.rewards: RewardClient | None = None
         self.evaluator: Evaluator | None = None
         self.run_id = ""
-        self.grader = ""
         self.leases_completed = 0
         self.lock = threading.Lock()  # one generate() at a time on the replica
 
@@ -65,9 +67,13 @@ class Worker:
                     log.info("checkpoint %d was replaced while joining; joining again", joined.checkpoint.generation)
                     continue
             break
+        rewards = reward_client(joined.reward, self.reward_address, joined.grader)
         with self.lock:
             self.evaluator = evaluator
-            self.run_id, self.grader = joined.run_id, joined.grader
+            self.run_id = joined.run_id
+            if self.rewards:
+                self.rewards.close()
+            self.rewards = rewards
         log.info("worker %s joined run %s at generation %d", self.worker_id, self.run_id,
                  evaluator.applied_generation)
 
@@ -144,13 +150,34 @@ class Worker:
         per_prompt = len(lease.prompts)
         samples = [reward_pb2.Sample(prompt=p.text, completion=text, reference=p.reference, metadata=p.metadata)
                    for text, p in zip(completions.texts, list(lease.prompts) * (len(completions.texts) // per_prompt))]
-        scored = self.reward.Score(reward_pb2.ScoreRequest(samples=samples, grader=self.grader),
-                                   timeout=RPC_TIMEOUT, wait_for_ready=True)
+        rewards, statuses = self.rewards.score(samples)
+        unscored = sum(s != reward_pb2.SCORE_STATUS_OK for s in statuses)
+        if unscored:
+            log.warning("lease %s: %d of %d samples not scored (%s)", lease.lease_id, unscored, len(statuses),
+                        ", ".join(sorted({reward_pb2.ScoreStatus.Name(s) for s in statuses} - {"SCORE_STATUS_OK"})))
         return pb.ReportResultRequest(
             worker_id=self.worker_id, lease_id=lease.lease_id, generation=lease.generation,
-            rewards=[r.score for r in scored.results], statuses=[r.status for r in scored.results],
+            rewards=rewards, statuses=statuses,
             weights_fingerprint=fp, generated_tokens=completions.new_tokens,
             generate_seconds=completions.seconds, reward_seconds=time.perf_counter() - started)
+
+
+def reward_client(settings: pb.RewardSettings, local_address: str, local_grader: str) -> RewardClient:
+    """The run's reward services; with none named, the worker's own --reward-address.
+    Tokens are read from this worker's environment, by the names the run gives."""
+    endpoints = [Endpoint(list(e.addresses), e.grader, e.weight, _token(e.token_env)) for e in settings.services]
+    if not endpoints:
+        if not local_address:
+            raise ValueError("the run names no reward services and this worker has no --reward-address")
+        endpoints = [Endpoint([local_address], local_grader)]
+    return RewardClient(endpoints, settings.timeout_seconds or RPC_TIMEOUT, settings.retries,
+                        settings.batch_size or 256)
+
+
+def _token(env: str) -> str:
+    if env and env not in os.environ:
+        raise ValueError(f"the run's reward service needs a token from ${env}, which is not set on this worker")
+    return os.environ.get(env, "") if env else ""
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):

@@ -64,6 +64,7 @@ class GenerationStats:
     generated_tokens: int
     update_norm: float
     prompts_with_spread: float  # share of prompts whose rewards differ across members
+    failed_samples: int = 0  # samples whose reward came back not OK (see es.failed_samples)
 
     @property
     def tokens_per_second(self) -> float:
@@ -270,7 +271,8 @@ class Coordinator:
                                                self.updater.steps, self.cfg.train.checkpoints_kept)
         r = self.rewards
         spread = float(np.mean(np.nanmax(r, axis=0) > np.nanmin(r, axis=0))) if np.isfinite(r).any() else 0.0
-        self._record_stats(float(np.nanmean(r)), float(np.nanmax(r)), float(np.nanstd(r)), norm, spread)
+        self._record_stats(float(np.nanmean(r)), float(np.nanmax(r)), float(np.nanstd(r)), norm, spread,
+                           int(np.sum(~np.isfinite(r))))
         self.generation += 1
         if self._training_over(self.seconds_before + self.clock() - (self.train_started or 0.0)):
             self.training_done = True
@@ -280,9 +282,10 @@ class Coordinator:
         budget = self.cfg.train.time_budget_seconds
         return self.generation >= self.cfg.train.generations or (budget > 0 and seconds_spent >= budget)
 
-    def _record_stats(self, mean: float, best: float, std: float, norm: float, spread: float) -> None:
+    def _record_stats(self, mean: float, best: float, std: float, norm: float, spread: float,
+                      failed: int = 0) -> None:
         stats = GenerationStats(self.generation, mean, best, std, self.heldout, self.clock() - self.gen_started,
-                                self.gen_tokens, norm, spread)
+                                self.gen_tokens, norm, spread, failed)
         self.history.append(stats)
         self._metrics.write(stats.to_json(final=self.training_done) + "\n")
         self._metrics.flush()

@@ -14,7 +14,7 @@ from hatchery.config import RunConfig
 from hatchery.model import load_model, resolve_model
 from hatchery.plot import plot_rewards
 from hatchery.serving import Server, invalid_argument_on_value_error, stop_event_on_signals
-from hatchery.settings import es_settings
+from hatchery.settings import es_settings, reward_settings
 from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import optimizer_pb2_grpc
 from optimizer_svc.coordinator import Coordinator, GenerationStats
@@ -40,7 +40,7 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
         c.join(request.worker_id)
         return pb.JoinResponse(run_id=c.run_dir.name, base_model_path=str(self.base_model_path),
                                es=es_settings(c.cfg), grader=c.cfg.grader or c.task.grader,
-                               checkpoint=c.checkpoint_info())
+                               checkpoint=c.checkpoint_info(), reward=reward_settings(c.cfg))
 
     @invalid_argument_on_value_error
     def GetWork(self, request: pb.GetWorkRequest, context) -> pb.GetWorkResponse:
@@ -76,6 +76,8 @@ def progress_line(stats: GenerationStats, total: int) -> str:
         parts.append("final evaluation      ")
     parts.append(f"held-out {stats.heldout_reward:.3f}" if stats.heldout_reward is not None else "held-out   -  ")
     parts.append(f"{stats.tokens_per_second:6.1f} tok/s  {stats.seconds:5.2f} s/gen")
+    if stats.failed_samples:
+        parts.append(f"{stats.failed_samples} samples not scored")
     return "  ".join(parts)
 
 

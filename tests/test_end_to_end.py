@@ -2,8 +2,10 @@
 against the in-process reference run of the same config."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 import yaml
@@ -11,6 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from hatchery.config import parse_config
+from hatchery.launcher import spawn_service, wait_for_port
 from optimizer_svc.update_log import read_log
 from reference import run_reference
 
@@ -48,3 +51,40 @@ def test_services_train_and_match_the_in_process_reference(tiny_llama_dir, tmp_p
     assert changed > 0, "training must change the weights"
     assert [r.fitness for r in records] == [r.fitness for r in read_log(tmp_path / "reference" / "updates.jsonl")]
     assert trained.config.vocab_size == base.config.vocab_size
+
+
+def test_a_run_scored_by_external_replicas_with_a_plugin_and_a_token(tiny_llama_dir, tmp_path):
+    """reward.services: two `hatchery reward` replicas serving a Python plug-in behind a
+    bearer token; the worker reads the token from its environment and spreads calls."""
+    graders = tmp_path / "graders.yaml"
+    graders.write_text(yaml.safe_dump({"logged_length": {
+        "type": "python", "function": "chaos_graders:logged_length", "path": str(Path(__file__).parent / "plugins"),
+        "processes": 1}}))
+    replica_log = tmp_path / "replicas.log"
+    replicas, addresses = [], []
+    try:
+        for name in ("a", "b"):
+            port_file = tmp_path / f"port-{name}"
+            replicas.append(spawn_service(
+                ["reward", "--port", "0", "--port-file", str(port_file), "--graders", str(graders)],
+                tmp_path / f"reward-{name}.log",
+                env={"HATCHERY_REWARD_TOKEN": "s3cret", "REPLICA_LOG": str(replica_log), "REPLICA_NAME": name}))
+            addresses.append(f"127.0.0.1:{wait_for_port(port_file, replicas[-1], 'reward')}")
+        cfg = _config(tiny_llama_dir, tmp_path / "run")
+        del cfg["grader"]
+        cfg["reward"] = {"services": [{"addresses": addresses, "grader": "logged_length", "token_env": "RM_TOKEN"}],
+                         "batch_size": 4}
+        config_path = tmp_path / "run.yaml"
+        config_path.write_text(yaml.safe_dump(cfg))
+        out = subprocess.run([sys.executable, "-m", "hatchery.cli", "run", str(config_path)], capture_output=True,
+                             text=True, timeout=600, env={**os.environ, "RM_TOKEN": "s3cret"})
+        assert out.returncode == 0, out.stdout + out.stderr
+    finally:
+        for proc in replicas:
+            proc.terminate()
+            proc.wait(timeout=20)
+    # the same fitness as the built-in length grader in the reference run: the plug-in is that reward
+    run_reference(parse_config(_config(tiny_llama_dir, tmp_path / "reference")), tmp_path / "reference")
+    assert [r.fitness for r in read_log(tmp_path / "run" / "updates.jsonl")] == [
+        r.fitness for r in read_log(tmp_path / "reference" / "updates.jsonl")]
+    assert set(replica_log.read_text().split()) == {"a", "b"}  # both replicas scored

@@ -24,18 +24,44 @@ class JoinRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("run_id", "base_model_path", "es", "grader", "checkpoint")
+    __slots__ = ("run_id", "base_model_path", "es", "grader", "checkpoint", "reward")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     ES_FIELD_NUMBER: _ClassVar[int]
     GRADER_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    REWARD_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     base_model_path: str
     es: EsSettings
     grader: str
     checkpoint: CheckpointInfo
-    def __init__(self, run_id: _Optional[str] = ..., base_model_path: _Optional[str] = ..., es: _Optional[_Union[EsSettings, _Mapping]] = ..., grader: _Optional[str] = ..., checkpoint: _Optional[_Union[CheckpointInfo, _Mapping]] = ...) -> None: ...
+    reward: RewardSettings
+    def __init__(self, run_id: _Optional[str] = ..., base_model_path: _Optional[str] = ..., es: _Optional[_Union[EsSettings, _Mapping]] = ..., grader: _Optional[str] = ..., checkpoint: _Optional[_Union[CheckpointInfo, _Mapping]] = ..., reward: _Optional[_Union[RewardSettings, _Mapping]] = ...) -> None: ...
+
+class RewardSettings(_message.Message):
+    __slots__ = ("services", "timeout_seconds", "retries", "batch_size")
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[RewardEndpoint]
+    timeout_seconds: float
+    retries: int
+    batch_size: int
+    def __init__(self, services: _Optional[_Iterable[_Union[RewardEndpoint, _Mapping]]] = ..., timeout_seconds: _Optional[float] = ..., retries: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
+
+class RewardEndpoint(_message.Message):
+    __slots__ = ("addresses", "grader", "weight", "token_env")
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    GRADER_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ENV_FIELD_NUMBER: _ClassVar[int]
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    grader: str
+    weight: float
+    token_env: str
+    def __init__(self, addresses: _Optional[_Iterable[str]] = ..., grader: _Optional[str] = ..., weight: _Optional[float] = ..., token_env: _Optional[str] = ...) -> None: ...
 
 class CheckpointInfo(_message.Message):
     __slots__ = ("generation", "path", "size_bytes")
