@@ -31,6 +31,7 @@ log = logging.getLogger("hatchery.inference")
 RPC_TIMEOUT = 30.0
 JOIN_ATTEMPTS = 3
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+REWARD_RETRY_SECONDS = 5.0  # between rounds of the reward client's own retries
 MAX_GENERATE_PROMPTS = 256
 MAX_GENERATE_TOKENS = 4096
 
@@ -142,6 +143,20 @@ class Worker:
             self.join()
         return False
 
+    def _score(self, samples: list[reward_pb2.Sample]) -> tuple[list[float], list[int]]:
+        """Scores the completions in hand; a reward service that is down past the client's
+        own retries is waited for (up to the outage limit), so its crash costs no generation."""
+        down_since = time.monotonic()
+        while True:
+            try:
+                return self.rewards.score(samples)
+            except grpc.RpcError as err:
+                if err.code() not in RETRYABLE or time.monotonic() - down_since > self.outage_limit_seconds:
+                    raise
+                log.warning("reward service unreachable (%s); scoring this lease's completions again in %.0f s",
+                            err.code().name, REWARD_RETRY_SECONDS)
+                time.sleep(REWARD_RETRY_SECONDS)
+
     def evaluate(self, lease: pb.Lease) -> pb.ReportResultRequest:
         with self.lock:
             completions = self.evaluator.evaluate(lease)
@@ -150,7 +165,7 @@ class Worker:
         per_prompt = len(lease.prompts)
         samples = [reward_pb2.Sample(prompt=p.text, completion=text, reference=p.reference, metadata=p.metadata)
                    for text, p in zip(completions.texts, list(lease.prompts) * (len(completions.texts) // per_prompt))]
-        rewards, statuses = self.rewards.score(samples)
+        rewards, statuses = self._score(samples)
         unscored = sum(s != reward_pb2.SCORE_STATUS_OK for s in statuses)
         if unscored:
             log.warning("lease %s: %d of %d samples not scored (%s)", lease.lease_id, unscored, len(statuses),

@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -128,9 +129,7 @@ def test_workers_that_die_or_join_late_leave_the_result_unchanged(tiny_llama_dir
 
 def test_a_worker_outlives_an_optimizer_crash_and_resume(tiny_llama_dir, tmp_path, uninterrupted):
     config_path, run_dir = _write_config(tmp_path, tiny_llama_dir)
-    with socket.socket() as s:  # the restarted optimizer must come back on the same address
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()  # the restarted optimizer must come back on the same address
     procs = {}
     try:
         procs["reward"], reward_port = _start(["reward"], "reward", tmp_path)
@@ -149,6 +148,45 @@ def test_a_worker_outlives_an_optimizer_crash_and_resume(tiny_llama_dir, tmp_pat
             if p.poll() is None:
                 p.kill()
     assert "unreachable" in (tmp_path / "worker.log").read_text()
+    _assert_same_run(run_dir, uninterrupted)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_reward_service_crash_costs_no_generation(tiny_llama_dir, tmp_path, uninterrupted):
+    """The reward service SIGKILLed mid-run and restarted on the same address a few
+    seconds later: the worker scores its completions once it is back."""
+    config_path, run_dir = _write_config(tmp_path, tiny_llama_dir)
+    config = yaml.safe_load(config_path.read_text())
+    config["reward"] = {"retries": 1}  # the outage outlasts the client's retries: the worker waits it out
+    config_path.write_text(yaml.safe_dump(config))
+    reward = f"127.0.0.1:{_free_port()}"
+    procs = {}
+    try:
+        procs["reward"] = spawn_service(["reward", "--port", reward.split(":")[1]], tmp_path / "reward.log")
+        procs["optimizer"], optimizer_port = _start(["optimizer", "--config", str(config_path)], "optimizer", tmp_path)
+        optimizer = f"127.0.0.1:{wait_for_port(optimizer_port, procs['optimizer'], 'optimizer')}"
+        procs["worker"], _ = _start(["inference", "--optimizer-address", optimizer, "--reward-address", reward,
+                                     "--worker-id", "w"], "worker", tmp_path)
+        deadline = time.monotonic() + 300
+        log = run_dir / "updates.jsonl"
+        while not (log.exists() and log.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        procs["reward"].kill()
+        procs["reward"].wait()
+        time.sleep(4)
+        procs["reward"] = spawn_service(["reward", "--port", reward.split(":")[1]], tmp_path / "reward-2.log")
+        assert procs["optimizer"].wait(timeout=300) == 0
+        assert procs["worker"].wait(timeout=60) == 0
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+    assert "scoring this lease's completions again" in (tmp_path / "worker.log").read_text()
     _assert_same_run(run_dir, uninterrupted)
 
 
