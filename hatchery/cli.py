@@ -37,6 +37,21 @@ def _add_server_flags(p: argparse.ArgumentParser, default_port: int) -> None:
     p.add_argument("--port-file", default=None, help="write the bound port to this file once serving")
 
 
+def _add_tls_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls-cert", default="", metavar="PEM", help="this process's certificate chain (serve with TLS)")
+    p.add_argument("--tls-key", default="", metavar="PEM", help="the private key of --tls-cert")
+    p.add_argument("--tls-ca", default="", metavar="PEM",
+                   help="CA that signs the peers' certificates (connect with TLS; verify clients under mTLS)")
+    p.add_argument("--tls-require-client-cert", action="store_true",
+                   help="mutual TLS: refuse clients without a certificate signed by --tls-ca")
+
+
+def _tls(args: argparse.Namespace):
+    from hatchery.security import Tls
+
+    return Tls(args.tls_cert, args.tls_key, args.tls_ca, args.tls_require_client_cert).check()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hatchery", description="Fine-tune LLMs with evolution strategies.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="print an optimizer's status as JSON")
     st.add_argument("address", help="host:port of the optimizer")
+    _add_tls_flags(st)
 
     bench = sub.add_parser("bench", help="perturbed vs unperturbed vs naive generation throughput (JSON)")
     bench.add_argument("--models", default="tiny,smollm2", help="comma-separated: tiny, smollm2")
@@ -86,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_reward.add_argument("--out", default=None, help="also write the JSON here")
 
     for p in (opt, inf, rew):
+        _add_tls_flags(p)
+    for p in (opt, inf, rew, st):
         _env_defaults(p, "HATCHERY_")
     return parser
 
@@ -102,6 +120,13 @@ def _print_json(result: dict, out: str | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    tls = None
+    if "tls_cert" in args:
+        try:
+            tls = _tls(args)
+        except ValueError as err:
+            print(f"hatchery {args.command}: {err}", file=sys.stderr)
+            return 2
     if args.command in ("run", "optimizer"):
         from hatchery.config import ConfigError, load_config, resumed_config, with_fresh_run_dir
 
@@ -119,10 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "status":
         from google.protobuf import json_format
 
+        from hatchery.security import service_token
         from hatchery.serving import channel
         from hatchery.v1 import optimizer_pb2, optimizer_pb2_grpc
 
-        stub = optimizer_pb2_grpc.OptimizerServiceStub(channel(args.address))
+        stub = optimizer_pb2_grpc.OptimizerServiceStub(channel(args.address, tls, service_token("optimizer")))
         status = stub.GetStatus(optimizer_pb2.GetStatusRequest(), timeout=10)
         print(json.dumps(json_format.MessageToDict(status, preserving_proto_field_name=True), indent=2))
         return 0
@@ -139,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         from reward_svc.server import serve
 
         try:
-            serve(args.host, args.port, args.port_file, args.default_grader, args.graders)
+            serve(args.host, args.port, args.port_file, args.default_grader, args.graders, tls)
         except (ValueError, RuntimeError, OSError) as err:  # a bad graders file or a plug-in that will not load
             print(f"hatchery reward: {err}", file=sys.stderr)
             return 2
@@ -148,11 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "optimizer":
         from optimizer_svc.server import serve
 
-        return serve(cfg, args.host, args.port, args.port_file)
+        return serve(cfg, args.host, args.port, args.port_file, tls)
     from inference_svc.server import serve
 
     serve(args.host, args.port, args.port_file, args.optimizer_address, args.reward_address, args.worker_id,
-          args.fetch_checkpoints)
+          args.fetch_checkpoints, tls)
     return 0
 
 

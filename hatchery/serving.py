@@ -3,7 +3,6 @@ message size limits, port files and channel options."""
 
 from __future__ import annotations
 
-import hmac
 import os
 import signal
 import threading
@@ -15,6 +14,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from hatchery.security import BearerTokenClient, BearerTokenInterceptor, Tls
+
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # deliberate: a held-out batch of long completions fits, a model does not
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -22,50 +23,12 @@ CHANNEL_OPTIONS = [
 ]
 
 
-HEALTH_PREFIX = "/grpc.health.v1.Health/"
-
-
-def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same streaming kind as `handler` that only aborts."""
-
-    def abort(request, context):
-        context.abort(code, message)
-
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(abort)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(abort)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(abort)
-    return grpc.unary_unary_rpc_method_handler(abort)
-
-
-class BearerTokenInterceptor(grpc.ServerInterceptor):
-    """Every call but health checks (which Kubernetes probes make without credentials)
-    must carry `authorization: Bearer <token>`; compared in constant time."""
-
-    def __init__(self, token: str):
-        self._expected = f"Bearer {token}".encode()
-
-    def intercept_service(self, continuation, details):
-        handler = continuation(details)
-        if handler is None or details.method.startswith(HEALTH_PREFIX):
-            return handler
-        given = dict(details.invocation_metadata).get("authorization")
-        if given is None:
-            return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED,
-                            "missing bearer token: send metadata 'authorization: Bearer <token>'")
-        if not hmac.compare_digest(str(given).encode(), self._expected):
-            return _refusal(handler, grpc.StatusCode.PERMISSION_DENIED, "wrong bearer token")
-        return handler
-
-
 class Server:
     """A grpc.Server with health checking and reflection for the given services,
-    and a bearer-token check when a token is given."""
+    TLS when given a certificate, and a bearer-token check when given a token."""
 
     def __init__(self, service_names: Iterable[str], host: str = "127.0.0.1", port: int = 0, max_workers: int = 8,
-                 token: str | None = None):
+                 token: str | None = None, tls: Tls | None = None):
         interceptors = [BearerTokenInterceptor(token)] if token else []
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=CHANNEL_OPTIONS,
                                 interceptors=interceptors)
@@ -75,7 +38,10 @@ class Server:
         reflection.enable_server_reflection(
             self.service_names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                                   reflection.SERVICE_NAME], self.grpc)
-        self.port = self.grpc.add_insecure_port(f"{host}:{port}")
+        if tls and tls.cert:
+            self.port = self.grpc.add_secure_port(f"{host}:{port}", tls.server_credentials())
+        else:
+            self.port = self.grpc.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
             raise OSError(f"cannot bind {host}:{port}")
         self.address = f"{host}:{self.port}"
@@ -103,8 +69,13 @@ def write_port_file(path: Path, port: int) -> None:
     os.replace(tmp, path)
 
 
-def channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+def channel(address: str, tls: Tls | None = None, token: str = "") -> grpc.Channel:
+    """A channel with TLS when `tls` is enabled, sending `token` as a bearer token when given."""
+    if tls and tls.enabled:
+        ch = grpc.secure_channel(address, tls.channel_credentials(), options=CHANNEL_OPTIONS)
+    else:
+        ch = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return grpc.intercept_channel(ch, BearerTokenClient(token)) if token else ch
 
 
 def stop_event_on_signals() -> threading.Event:

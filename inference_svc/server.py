@@ -21,6 +21,7 @@ import grpc
 from hatchery.checkpoint import Checkpoint, checkpoint_path
 from hatchery.failpoints import failpoint
 from hatchery.model import generate, load_model
+from hatchery.security import Tls, service_token
 from hatchery.serving import Server, channel, invalid_argument_on_value_error, stop_event_on_signals
 from hatchery.v1 import inference_pb2, inference_pb2_grpc, optimizer_pb2_grpc, reward_pb2
 from hatchery.v1 import optimizer_pb2 as pb
@@ -40,11 +41,13 @@ class Worker:
     """The pull loop. Owns the Evaluator; the gRPC servicer only reads its state."""
 
     def __init__(self, worker_id: str, optimizer_address: str, reward_address: str, fetch_checkpoints: bool = False,
-                 outage_limit_seconds: float = 600.0):
+                 outage_limit_seconds: float = 600.0, tls: Tls | None = None):
         self.worker_id = worker_id
         self.outage_limit_seconds = outage_limit_seconds  # give up after the optimizer is gone this long
         self.fetch_checkpoints = fetch_checkpoints  # stream checkpoints over gRPC even when the path is visible
-        self.optimizer = optimizer_pb2_grpc.OptimizerServiceStub(channel(optimizer_address))
+        self.tls = tls  # for the optimizer and every reward service
+        self.optimizer = optimizer_pb2_grpc.OptimizerServiceStub(
+            channel(optimizer_address, tls, service_token("optimizer")))
         self.reward_address = reward_address  # used when the run names no reward services
         self.rewards: RewardClient | None = None
         self.evaluator: Evaluator | None = None
@@ -68,7 +71,7 @@ class Worker:
                     log.info("checkpoint %d was replaced while joining; joining again", joined.checkpoint.generation)
                     continue
             break
-        rewards = reward_client(joined.reward, self.reward_address, joined.grader)
+        rewards = reward_client(joined.reward, self.reward_address, joined.grader, self.tls)
         with self.lock:
             self.evaluator = evaluator
             self.run_id = joined.run_id
@@ -177,16 +180,17 @@ class Worker:
             generate_seconds=completions.seconds, reward_seconds=time.perf_counter() - started)
 
 
-def reward_client(settings: pb.RewardSettings, local_address: str, local_grader: str) -> RewardClient:
+def reward_client(settings: pb.RewardSettings, local_address: str, local_grader: str,
+                  tls: Tls | None = None) -> RewardClient:
     """The run's reward services; with none named, the worker's own --reward-address.
     Tokens are read from this worker's environment, by the names the run gives."""
     endpoints = [Endpoint(list(e.addresses), e.grader, e.weight, _token(e.token_env)) for e in settings.services]
     if not endpoints:
         if not local_address:
             raise ValueError("the run names no reward services and this worker has no --reward-address")
-        endpoints = [Endpoint([local_address], local_grader)]
+        endpoints = [Endpoint([local_address], local_grader, token=service_token("reward"))]
     return RewardClient(endpoints, settings.timeout_seconds or RPC_TIMEOUT, settings.retries,
-                        settings.batch_size or 256)
+                        settings.batch_size or 256, tls=tls)
 
 
 def _token(env: str) -> str:
@@ -223,10 +227,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
 
 def serve(host: str, port: int, port_file: str | None, optimizer_address: str, reward_address: str,
-          worker_id: str, fetch_checkpoints: bool = False) -> None:
-    server = Server([inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name], host, port)
+          worker_id: str, fetch_checkpoints: bool = False, tls: Tls | None = None) -> None:
+    server = Server([inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name], host, port,
+                    token=service_token("inference"), tls=tls)
     worker = Worker(worker_id or f"{socket.gethostname()}-{server.port}", optimizer_address, reward_address,
-                    fetch_checkpoints)
+                    fetch_checkpoints, tls=tls)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(worker), server.grpc)
     stop = stop_event_on_signals()
     server.start(port_file, serving=False)

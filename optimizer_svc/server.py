@@ -13,6 +13,7 @@ import grpc
 from hatchery.config import RunConfig
 from hatchery.model import load_model, resolve_model
 from hatchery.plot import plot_rewards
+from hatchery.security import Tls, service_token
 from hatchery.serving import Server, invalid_argument_on_value_error, stop_event_on_signals
 from hatchery.settings import es_settings, reward_settings
 from hatchery.v1 import optimizer_pb2 as pb
@@ -82,22 +83,23 @@ def progress_line(stats: GenerationStats, total: int) -> str:
 
 
 def optimizer_server(coordinator: Coordinator, base_model_path: Path, host: str = "127.0.0.1",
-                     port: int = 0) -> Server:
+                     port: int = 0, token: str = "", tls: Tls | None = None) -> Server:
     """The OptimizerService for a coordinator, with health and reflection, bound but not started."""
-    server = Server([pb.DESCRIPTOR.services_by_name["OptimizerService"].full_name], host, port)
+    server = Server([pb.DESCRIPTOR.services_by_name["OptimizerService"].full_name], host, port, token=token, tls=tls)
     optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server(OptimizerServicer(coordinator, base_model_path),
                                                               server.grpc)
     return server
 
 
-def serve(cfg: RunConfig, host: str, port: int, port_file: str | None, finish_grace_seconds: float = 3.0) -> int:
+def serve(cfg: RunConfig, host: str, port: int, port_file: str | None, tls: Tls | None = None,
+          finish_grace_seconds: float = 3.0) -> int:
     """Trains until the run ends; writes the model, metrics and plot into the run dir."""
     run_dir = Path(cfg.run_dir)
     base = resolve_model(cfg.model.source)
     lm = load_model(base, cfg.model.dtype)
     coordinator = Coordinator(cfg, lm, run_dir,
                               on_generation=lambda s: print(progress_line(s, cfg.train.generations), flush=True))
-    server = optimizer_server(coordinator, base, host, port)
+    server = optimizer_server(coordinator, base, host, port, service_token("optimizer"), tls)
     stop = stop_event_on_signals()
     server.start(port_file)
     log.info("optimizer on %s, run dir %s", server.address, run_dir)

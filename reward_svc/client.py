@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from hatchery.security import Tls
 from hatchery.serving import channel
 from hatchery.v1 import reward_pb2 as pb
 from hatchery.v1 import reward_pb2_grpc
@@ -37,22 +38,21 @@ class Endpoint:
 
 
 class _Service:
-    def __init__(self, endpoint: Endpoint):
+    def __init__(self, endpoint: Endpoint, tls: Tls | None):
         if not endpoint.addresses:
             raise ValueError("a reward service needs at least one address")
         self.endpoint = endpoint
-        self.channels = [channel(a) for a in endpoint.addresses]
+        self.channels = [channel(a, tls, endpoint.token) for a in endpoint.addresses]
         self.stubs = [reward_pb2_grpc.RewardServiceStub(c) for c in self.channels]
         self.turn = itertools.count()  # round robin over replicas; thread-safe enough under the GIL
-        self.metadata = (("authorization", f"Bearer {endpoint.token}"),) if endpoint.token else ()
 
 
 class RewardClient:
     def __init__(self, endpoints: Sequence[Endpoint], timeout_seconds: float = 60.0, retries: int = 5,
-                 batch_size: int = 256, backoff_seconds: float = 0.5):
+                 batch_size: int = 256, backoff_seconds: float = 0.5, tls: Tls | None = None):
         if not endpoints:
             raise ValueError("a reward client needs at least one service")
-        self.services = [_Service(e) for e in endpoints]
+        self.services = [_Service(e, tls) for e in endpoints]
         self.timeout_seconds, self.retries = timeout_seconds, retries
         self.batch_size, self.backoff_seconds = batch_size, backoff_seconds
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="reward-client")
@@ -79,8 +79,7 @@ class RewardClient:
         for attempt in range(self.retries + 1):
             replica = next(service.turn) % len(service.stubs)
             try:
-                reply = service.stubs[replica].Score(request, timeout=self.timeout_seconds,
-                                                     metadata=service.metadata)
+                reply = service.stubs[replica].Score(request, timeout=self.timeout_seconds)
                 break
             except grpc.RpcError as err:
                 if err.code() not in RETRYABLE or attempt == self.retries:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
 
 from hatchery import __version__
+from hatchery.security import Tls, service_token
 from hatchery.serving import Server, invalid_argument_on_value_error, stop_event_on_signals
 from hatchery.v1 import reward_pb2 as pb
 from hatchery.v1 import reward_pb2_grpc
@@ -18,7 +18,6 @@ from reward_svc.specs import build_graders, close_graders
 
 MAX_SAMPLES = 4096
 MAX_TEXT_CHARS = 1 << 20
-TOKEN_ENV = "HATCHERY_REWARD_TOKEN"  # when set, every call needs `authorization: Bearer <token>`
 STATUS = {Status.OK: pb.SCORE_STATUS_OK, Status.FAILED: pb.SCORE_STATUS_FAILED,
           Status.TIMED_OUT: pb.SCORE_STATUS_TIMED_OUT, Status.NOT_APPLICABLE: pb.SCORE_STATUS_NOT_APPLICABLE}
 
@@ -60,9 +59,9 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
 
 
 def reward_server(default_grader: str = "first_integer", host: str = "127.0.0.1", port: int = 0,
-                  graders: Mapping[str, BatchGrader] | None = None, token: str | None = None) -> Server:
+                  graders: Mapping[str, BatchGrader] | None = None, token: str = "", tls: Tls | None = None) -> Server:
     """The RewardService with health and reflection, bound but not started."""
-    server = Server([pb.DESCRIPTOR.services_by_name["RewardService"].full_name], host, port, token=token)
+    server = Server([pb.DESCRIPTOR.services_by_name["RewardService"].full_name], host, port, token=token, tls=tls)
     servicer = RewardServicer(builtin_graders() if graders is None else graders, default_grader)
     reward_pb2_grpc.add_RewardServiceServicer_to_server(servicer, server.grpc)
     return server
@@ -78,10 +77,11 @@ def load_graders_file(path: str | None) -> dict[str, BatchGrader]:
     return build_graders(data)
 
 
-def serve(host: str, port: int, port_file: str | None, default_grader: str, graders_file: str | None = None) -> None:
+def serve(host: str, port: int, port_file: str | None, default_grader: str, graders_file: str | None = None,
+          tls: Tls | None = None) -> None:
     graders = load_graders_file(graders_file)
     try:
-        server = reward_server(default_grader, host, port, graders, token=os.environ.get(TOKEN_ENV) or None)
+        server = reward_server(default_grader, host, port, graders, service_token("reward"), tls)
         stop = stop_event_on_signals()
         server.start(port_file)
         log.info("reward service on %s with graders %s", server.address, ", ".join(sorted(graders)))
