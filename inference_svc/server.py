@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import tempfile
@@ -35,6 +36,7 @@ RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 REWARD_RETRY_SECONDS = 5.0  # between rounds of the reward client's own retries
 MAX_GENERATE_PROMPTS = 256
 MAX_GENERATE_TOKENS = 4096
+MAX_PROMPT_CHARS = 1 << 16
 
 
 class Worker:
@@ -216,10 +218,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, "the worker has not loaded its model yet")
         if not request.prompts or len(request.prompts) > MAX_GENERATE_PROMPTS:
             raise ValueError(f"prompts: need 1 to {MAX_GENERATE_PROMPTS}, got {len(request.prompts)}")
+        if any(len(p) > MAX_PROMPT_CHARS for p in request.prompts):
+            raise ValueError(f"prompts: each must be at most {MAX_PROMPT_CHARS} characters")
         if not 1 <= request.max_new_tokens <= MAX_GENERATE_TOKENS:
             raise ValueError(f"max_new_tokens: need 1 to {MAX_GENERATE_TOKENS}, got {request.max_new_tokens}")
-        if request.temperature < 0:
-            raise ValueError(f"temperature: must be >= 0, got {request.temperature}")
+        if not (math.isfinite(request.temperature) and request.temperature >= 0):
+            raise ValueError(f"temperature: must be a finite number >= 0, got {request.temperature}")
         with self.worker.lock:
             out = generate(self.worker.evaluator.lm, list(request.prompts), request.max_new_tokens,
                            request.temperature, request.chat_template)

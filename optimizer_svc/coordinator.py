@@ -227,6 +227,9 @@ class Coordinator:
             if len(req.rewards) != expected or len(req.statuses) != expected:
                 raise ValueError(f"lease {req.lease_id} needs {expected} rewards and statuses, "
                                  f"got {len(req.rewards)} and {len(req.statuses)}")
+            if req.generated_tokens > expected * lease.sampling.max_new_tokens:
+                raise ValueError(f"generated_tokens {req.generated_tokens} is more than the lease allows "
+                                 f"({expected} x {lease.sampling.max_new_tokens})")
             worker = self.workers.setdefault(req.worker_id, _Worker())
             worker.last_seen, worker.fingerprint = self.clock(), req.weights_fingerprint
             if req.weights_fingerprint != self.weights_fingerprint:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from hatchery.security import Tls, service_token
 from hatchery.serving import Server, invalid_argument_on_value_error, stop_event_on_signals
 from hatchery.settings import es_settings, reward_settings
 from hatchery.v1 import optimizer_pb2 as pb
-from hatchery.v1 import optimizer_pb2_grpc
+from hatchery.v1 import optimizer_pb2_grpc, reward_pb2
 from optimizer_svc.coordinator import Coordinator, GenerationStats
 
 log = logging.getLogger("hatchery.optimizer")
@@ -28,6 +29,26 @@ CHECKPOINT_CHUNK_BYTES = 1 << 20
 def _check_worker_id(worker_id: str) -> None:
     if not worker_id or len(worker_id) > MAX_WORKER_ID:
         raise ValueError(f"worker_id must be 1 to {MAX_WORKER_ID} characters, got {len(worker_id)}")
+
+
+SCORE_STATUSES = frozenset(reward_pb2.ScoreStatus.values()) - {reward_pb2.SCORE_STATUS_UNSPECIFIED}
+
+
+def check_report(req: pb.ReportResultRequest) -> None:
+    """What a report must satisfy whatever lease it names; checked before any state is touched."""
+    _check_worker_id(req.worker_id)
+    for name in ("lease_id", "weights_fingerprint"):
+        if len(getattr(req, name)) > MAX_WORKER_ID:
+            raise ValueError(f"{name} is longer than {MAX_WORKER_ID} characters")
+    for i, (reward, status) in enumerate(zip(req.rewards, req.statuses)):
+        if status not in SCORE_STATUSES:
+            raise ValueError(f"statuses[{i}]: {status} is not a hatchery.v1.ScoreStatus")
+        if status == reward_pb2.SCORE_STATUS_OK and not math.isfinite(reward):
+            raise ValueError(f"rewards[{i}] is {reward} with status OK; report a non-finite score as FAILED")
+    for name in ("generate_seconds", "reward_seconds"):
+        value = getattr(req, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
 
 class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
@@ -50,7 +71,7 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
 
     @invalid_argument_on_value_error
     def ReportResult(self, request: pb.ReportResultRequest, context) -> pb.ReportResultResponse:
-        _check_worker_id(request.worker_id)
+        check_report(request)
         return self.coordinator.report(request)
 
     def GetStatus(self, request, context) -> pb.GetStatusResponse:

@@ -18,6 +18,9 @@ from reward_svc.specs import build_graders, close_graders
 
 MAX_SAMPLES = 4096
 MAX_TEXT_CHARS = 1 << 20
+MAX_METADATA_ENTRIES = 64
+MAX_METADATA_CHARS = 1 << 16
+MAX_GRADER_NAME = 256
 STATUS = {Status.OK: pb.SCORE_STATUS_OK, Status.FAILED: pb.SCORE_STATUS_FAILED,
           Status.TIMED_OUT: pb.SCORE_STATUS_TIMED_OUT, Status.NOT_APPLICABLE: pb.SCORE_STATUS_NOT_APPLICABLE}
 
@@ -39,12 +42,16 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
     def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
         name = request.grader or self.default
         if name not in self.graders:
-            raise ValueError(f"unknown grader {name!r}; this server has {sorted(self.graders)}")
+            raise ValueError(f"unknown grader {name[:MAX_GRADER_NAME]!r}; this server has {sorted(self.graders)}")
         if len(request.samples) > MAX_SAMPLES:
             raise ValueError(f"{len(request.samples)} samples in one request; the limit is {MAX_SAMPLES}")
         for i, s in enumerate(request.samples):
             if max(len(s.prompt), len(s.completion), len(s.reference)) > MAX_TEXT_CHARS:
                 raise ValueError(f"sample {i}: a text field is longer than {MAX_TEXT_CHARS} characters")
+            if len(s.metadata) > MAX_METADATA_ENTRIES:
+                raise ValueError(f"sample {i}: {len(s.metadata)} metadata entries; the limit is {MAX_METADATA_ENTRIES}")
+            if any(len(k) + len(v) > MAX_METADATA_CHARS for k, v in s.metadata.items()):
+                raise ValueError(f"sample {i}: a metadata entry is longer than {MAX_METADATA_CHARS} characters")
         outcomes = self.graders[name].score(request.samples)
         if len(outcomes) != len(request.samples):  # a grader bug must not shift scores onto other samples
             outcomes = [Outcome.failed(f"grader {name} returned {len(outcomes)} results for "

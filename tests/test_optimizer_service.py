@@ -103,8 +103,21 @@ def test_malformed_rpcs_get_invalid_argument_and_change_nothing(optimizer):
     assert "worker_id" in _invalid(stub.Join, pb.JoinRequest())
     assert "ahead" in _invalid(stub.GetWork, pb.GetWorkRequest(worker_id="w", applied_generation=5))
     lease = stub.GetWork(pb.GetWorkRequest(worker_id="w"), timeout=10).lease
-    assert "needs 4 rewards" in _invalid(stub.ReportResult, _result(lease, coordinator.weights_fingerprint, count=3))
+    fp = coordinator.weights_fingerprint
+    assert "needs 4 rewards" in _invalid(stub.ReportResult, _result(lease, fp, count=3))
+    assert "with status OK" in _invalid(stub.ReportResult, _result(lease, fp, reward=float("inf")))
+    assert "with status OK" in _invalid(stub.ReportResult, _result(lease, fp, reward=float("nan")))
+    unknown = _result(lease, fp)
+    unknown.statuses[1] = 9
+    assert "statuses[1]: 9" in _invalid(stub.ReportResult, unknown)
+    greedy = _result(lease, fp)
+    greedy.generated_tokens = 10**9
+    assert "generated_tokens" in _invalid(stub.ReportResult, greedy)
+    negative = _result(lease, fp)
+    negative.generate_seconds = -1.0
+    assert "generate_seconds" in _invalid(stub.ReportResult, negative)
     assert lease.lease_id in coordinator.outstanding and coordinator.generation == 0
+    assert not coordinator.workers["w"].leases_completed
 
 
 def test_status_command_prints_the_run(optimizer):

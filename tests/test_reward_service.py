@@ -8,7 +8,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hatchery.serving import channel
 from hatchery.v1 import reward_pb2 as pb
 from hatchery.v1 import reward_pb2_grpc
-from reward_svc.server import MAX_SAMPLES, reward_server
+from reward_svc.server import MAX_METADATA_ENTRIES, MAX_SAMPLES, reward_server
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,10 @@ def test_malformed_requests_get_invalid_argument(stub):
     with pytest.raises(grpc.RpcError) as err:
         rewards.Score(pb.ScoreRequest(samples=[pb.Sample()] * (MAX_SAMPLES + 1)), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    crowded = pb.Sample(metadata={str(i): "x" for i in range(MAX_METADATA_ENTRIES + 1)})
+    with pytest.raises(grpc.RpcError) as err:
+        rewards.Score(pb.ScoreRequest(samples=[pb.Sample(), crowded]), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "sample 1" in err.value.details()
 
 
 def test_describe_health_and_reflection(stub):
