@@ -5,9 +5,10 @@ functions: `fn(prompts=[...], completions=[...], reference=[...], **columns)`,
 where each metadata key of the samples is a column (None where a sample lacks
 it). It returns one float, or None for "not applicable", per completion, and may
 be `async`. Each call runs in a separate process with a memory limit and a time
-limit, so a grader that hangs, leaks or crashes costs the samples it was scoring,
-never the reward service: a call over several samples that fails as a whole is
-retried sample by sample, so only the culprit is marked.
+limit, confined to reading its own folder (see confinement.py), so a grader that
+hangs, leaks, crashes or reaches outside costs the samples it was scoring, never
+the reward service: a call over several samples that fails as a whole is retried
+sample by sample, so only the culprit is marked.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import importlib
 import inspect
 import logging
 import multiprocessing
+import os
 import queue
 import resource
 import sys
@@ -25,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
+from reward_svc.confinement import confine
 from reward_svc.graders import Outcome, SampleLike, Status
 
 log = logging.getLogger("hatchery.reward.plugins")
@@ -38,8 +41,8 @@ def _columns(samples: Sequence[SampleLike]) -> dict[str, list[Any]]:
     return columns
 
 
-def _child(conn: Connection, function: str, path: str, memory_mb: int) -> None:
-    """The worker process: import the function once, then score batches until told to stop."""
+def _child(conn: Connection, function: str, path: str, memory_mb: int, confined: bool) -> None:
+    """The worker process: import the function once, confine itself, then score batches until told to stop."""
     if memory_mb:
         limit = memory_mb * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -47,12 +50,15 @@ def _child(conn: Connection, function: str, path: str, memory_mb: int) -> None:
         sys.path.insert(0, path)
     try:
         module_name, _, attr = function.partition(":")
-        fn = getattr(importlib.import_module(module_name), attr)
+        module = importlib.import_module(module_name)
+        fn = getattr(module, attr)
         if not callable(fn):
             raise TypeError(f"{function} is a {type(fn).__name__}, not a function")
     except BaseException as err:  # noqa: BLE001 - report whatever stopped the import to the parent
         conn.send(("error", f"cannot load {function}: {type(err).__name__}: {err}"))
         return
+    if confined:
+        confine(path or os.path.dirname(module.__file__ or "."))
     conn.send(("ready", None))
     while True:
         try:
@@ -75,10 +81,10 @@ async def _awaited(awaitable: Any) -> Any:
 class _Process:
     """One worker process and its end of the pipe."""
 
-    def __init__(self, function: str, path: str, memory_mb: int):
+    def __init__(self, function: str, path: str, memory_mb: int, confined: bool):
         ctx = multiprocessing.get_context("spawn")  # not fork: the gRPC server has threads
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_child, args=(child, function, path, memory_mb), daemon=True,
+        self.proc = ctx.Process(target=_child, args=(child, function, path, memory_mb, confined), daemon=True,
                                 name=f"reward-plugin {function}")
         self.proc.start()
         child.close()
@@ -117,14 +123,14 @@ class PluginGrader:
     sub_score_names: tuple[str, ...] = ()
 
     def __init__(self, function: str, path: str = "", timeout_seconds: float = 10.0, memory_mb: int = 2048,
-                 processes: int = 2, batch_size: int = 16):
+                 processes: int = 2, batch_size: int = 16, confined: bool = True):
         if ":" not in function:
             raise ValueError(f"plug-in function must be 'module:function', got {function!r}")
-        self.function, self.path, self.memory_mb = function, path, memory_mb
+        self.function, self.path, self.memory_mb, self.confined = function, path, memory_mb, confined
         self.timeout_seconds, self.batch_size = timeout_seconds, batch_size
         self._idle: queue.Queue[_Process | None] = queue.Queue()  # None: a process to start on first use
         for _ in range(processes):  # load errors surface here, before the service starts
-            self._idle.put(_Process(function, path, memory_mb))
+            self._idle.put(_Process(function, path, memory_mb, confined))
         self._pool = ThreadPoolExecutor(max_workers=processes, thread_name_prefix="reward-plugin")
         self._processes = processes
 
@@ -144,7 +150,7 @@ class PluginGrader:
                   **_columns(samples)}
         proc = self._idle.get()
         try:
-            proc = proc or _Process(self.function, self.path, self.memory_mb)
+            proc = proc or _Process(self.function, self.path, self.memory_mb, self.confined)
             kind, value = proc.call(kwargs, self.timeout_seconds)
         except (RuntimeError, OSError) as err:  # could not restart, or the pipe broke
             kind, value = "crashed", str(err)

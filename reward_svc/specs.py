@@ -42,6 +42,7 @@ class PythonSpec:
     memory_mb: int = 2048  # address-space limit of each plug-in process; 0: none
     processes: int = 2
     batch_size: int = 16
+    confined: bool = True  # read only its own folder; no writes, processes or native libraries
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def build_graders(data: Mapping[str, Any]) -> dict[str, BatchGrader]:
             graders[name] = Combined([(part, weight, graders[part]) for part, weight in spec.parts.items()])
         elif isinstance(spec, PythonSpec):
             graders[name] = PluginGrader(spec.function, spec.path, spec.timeout_seconds, spec.memory_mb,
-                                         spec.processes, spec.batch_size)
+                                         spec.processes, spec.batch_size, spec.confined)
         else:
             graders[name] = OpenRLHFHttpGrader(spec.url, spec.headers, spec.timeout_seconds, spec.retries,
                                                spec.batch_size)

@@ -153,3 +153,33 @@ def test_malformed_requests_still_get_invalid_argument(rewards):
     with pytest.raises(grpc.RpcError) as err:
         rewards.Score(pb.ScoreRequest(samples=[pb.Sample()], grader="missing"), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_plugin_cannot_reach_outside_its_folder(tmp_path):
+    """Reading or listing outside its folder, writing, deleting, forking, spawning, loading
+    native code or spinning forever: each is refused (or timed out) and reported for its sample."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not read")
+    graders = build_graders({"reach": {"type": "python", "function": "hostile_graders:reach", "path": PLUGINS,
+                                       "timeout_seconds": 2.0, "processes": 1}})
+    server = reward_server(graders=graders)
+    server.start()
+    try:
+        stub = reward_pb2_grpc.RewardServiceStub(channel(server.address))
+        actions = ["read-own", "read-outside", "list-outside", "write", "delete", "fork", "subprocess", "native",
+                   "spin", "read-own"]
+        samples = [pb.Sample(completion=a, metadata={"target": str(secret if a != "list-outside" else tmp_path)})
+                   for a in actions]
+        results = stub.Score(pb.ScoreRequest(samples=samples, grader="reach"), timeout=120).results
+        outcome = dict(zip(actions, results))
+        assert outcome["read-own"].status == OK and outcome["read-own"].score == 42.0
+        expected = {"read-outside": "may not read", "list-outside": "may not list", "write": "may not write",
+                    "delete": "may not change files", "fork": "may not fork", "subprocess": "may not Popen",
+                    "native": "may not dlopen"}
+        for action, words in expected.items():
+            assert outcome[action].status == FAILED and words in outcome[action].error, (action, outcome[action])
+        assert outcome["spin"].status == TIMED_OUT
+        assert secret.read_text() == "do not read" and not (Path(PLUGINS) / "planted.txt").exists()
+    finally:
+        server.stop()
+        close_graders(graders)

@@ -1,0 +1,67 @@
+"""What a plug-in process may do once its function is loaded, enforced by an audit hook.
+
+It may read files under its own folder and Python's installation (for lazy
+imports), and nothing else; it may not write, delete or rename files, start
+processes or load native libraries. A refused action raises PermissionError in
+the plug-in, so the sample it was scoring is reported FAILED with the reason.
+
+An audit hook stops a grader that misbehaves by accident or naively; it is not
+a sandbox against code written to escape (native code can bypass it). Run a
+grader you do not trust as its own reward service, in its own container.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+_PROCESS_EVENTS = ("os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "os.exec", "os.system", "os.kill",
+                   "subprocess.Popen", "pty.spawn", "ctypes.dlopen", "ctypes.dlsym")
+_FILE_CHANGE_EVENTS = ("os.remove", "os.rmdir", "os.rename", "os.mkdir", "os.chmod", "os.chown", "os.link",
+                       "os.symlink", "os.truncate", "os.utime", "shutil.rmtree", "shutil.move")
+_PATH_READ_EVENTS = ("os.listdir", "os.scandir", "glob.glob")
+
+
+def _is_write(mode: Any, flags: Any) -> bool:
+    if isinstance(mode, str) and any(c in mode for c in "wax+"):
+        return True
+    return isinstance(flags, int) and bool(flags & _WRITE_FLAGS)
+
+
+class Confinement:
+    def __init__(self, readable: Iterable[str | os.PathLike]):
+        self.roots = tuple(os.path.realpath(r) for r in readable)
+
+    def readable(self, path: Any) -> bool:
+        if isinstance(path, int):  # an open file descriptor: already allowed
+            return True
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        real = os.path.realpath(path)
+        return any(real == root or real.startswith(root + os.sep) for root in self.roots)
+
+    def __call__(self, event: str, args: tuple) -> None:
+        if event == "open":
+            path, mode, flags = args
+            if _is_write(mode, flags):
+                raise PermissionError(f"a reward plug-in may not write files ({path})")
+            if not self.readable(path):
+                raise PermissionError(f"a reward plug-in may not read {path}: outside its folder")
+        elif event in _PATH_READ_EVENTS:
+            if args and args[0] is not None and not self.readable(args[0]):
+                raise PermissionError(f"a reward plug-in may not list {args[0]}: outside its folder")
+        elif event.startswith(_PROCESS_EVENTS):
+            raise PermissionError(f"a reward plug-in may not {event.split('.')[-1]} (no processes, no native code)")
+        elif event.startswith(_FILE_CHANGE_EVENTS):
+            raise PermissionError(f"a reward plug-in may not change files ({event})")
+
+
+def confine(plugin_folder: str | os.PathLike) -> None:
+    """From now on, this process may only read its plug-in's folder and Python's files."""
+    python = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    here = Path(__file__).resolve().parent.parent  # Hatchery itself, for a source checkout
+    sys.addaudithook(Confinement([plugin_folder, *python, here, "/dev/null", "/dev/urandom"]))

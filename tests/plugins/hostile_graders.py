@@ -1,0 +1,35 @@
+"""A reward plug-in that reaches outside, by completion: each action must be refused."""
+
+import ctypes
+import os
+import subprocess
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def reach(prompts, completions, target=None, **kwargs):
+    scores = []
+    for text, path in zip(completions, target or [None] * len(completions)):
+        if text == "read-own":
+            scores.append(float((HERE / "answers.txt").read_text().strip()))
+            continue
+        if text == "read-outside":
+            open(path).read()
+        elif text == "list-outside":
+            os.listdir(path)
+        elif text == "write":
+            (HERE / "planted.txt").write_text("x")
+        elif text == "delete":
+            os.remove(path)
+        elif text == "fork":
+            os.fork()
+        elif text == "subprocess":
+            subprocess.run(["true"])
+        elif text == "native":
+            ctypes.CDLL("libc.so.6")
+        elif text == "spin":
+            while True:
+                pass
+        scores.append(1.0)
+    return scores
