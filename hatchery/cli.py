@@ -101,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench_reward.add_argument("--repeats", type=int, default=5)
     bench_reward.add_argument("--out", default=None, help="also write the JSON here")
 
+    load = sub.add_parser("loadtest", help="bounded load on loopback: reward clients and simulated workers (JSON)")
+    load.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
+    load.add_argument("--reward-clients", type=int, default=32)
+    load.add_argument("--batch", type=int, default=16, help="samples per Score request")
+    load.add_argument("--workers", type=int, default=32, help="simulated workers holding and returning leases")
+    load.add_argument("--population", type=int, default=64)
+    load.add_argument("--out", default=None, help="also write the JSON here")
+
     for p in (opt, inf, rew):
         _add_tls_flags(p)
     for p in (opt, inf, rew, st):
@@ -157,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return _print_json(run_bench(args.models.split(","), args.population, [int(r) for r in args.ranks.split(",")],
                                      args.new_tokens, args.repeats, args.naive_repeats), args.out)
+    if args.command == "loadtest":
+        from hatchery.loadtest import run_loadtest
+
+        _quiet_libraries()
+        return _print_json(run_loadtest(args.seconds, args.reward_clients, args.batch, args.workers, args.population),
+                           args.out)
     if args.command == "bench-reward":
         from hatchery.bench_reward import run_reward_bench
 
