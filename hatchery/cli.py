@@ -35,6 +35,7 @@ def _add_server_flags(p: argparse.ArgumentParser, default_port: int) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 inside a container)")
     p.add_argument("--port", type=int, default=default_port, help="port to bind; 0 picks a free one")
     p.add_argument("--port-file", default=None, help="write the bound port to this file once serving")
+    p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port; 0: off")
 
 
 def _add_tls_flags(p: argparse.ArgumentParser) -> None:
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         from reward_svc.server import serve
 
         try:
-            serve(args.host, args.port, args.port_file, args.default_grader, args.graders, tls)
+            serve(args.host, args.port, args.port_file, args.default_grader, args.graders, tls, args.metrics_port)
         except (ValueError, RuntimeError, OSError) as err:  # a bad graders file or a plug-in that will not load
             print(f"hatchery reward: {err}", file=sys.stderr)
             return 2
@@ -188,11 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "optimizer":
         from optimizer_svc.server import serve
 
-        return serve(cfg, args.host, args.port, args.port_file, tls)
+        return serve(cfg, args.host, args.port, args.port_file, tls, args.metrics_port)
     from inference_svc.server import serve
 
     serve(args.host, args.port, args.port_file, args.optimizer_address, args.reward_address, args.worker_id,
-          args.fetch_checkpoints, tls)
+          args.fetch_checkpoints, tls, args.metrics_port)
     return 0
 
 

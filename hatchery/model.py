@@ -91,6 +91,7 @@ class Completions:
     texts: list[str]
     new_tokens: int
     seconds: float
+    prefill_seconds: float = 0.0  # tokenising and the first forward pass
 
 
 def format_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], chat_template: bool) -> list[str]:
@@ -110,11 +111,21 @@ def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int, tempe
     enc = tok(format_prompts(tok, prompts, chat_template), return_tensors="pt", padding=True,
               add_special_tokens=False).to(lm.model.device)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-    out = lm.model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                            top_p=None, top_k=None, **sampling)
+    forwards: list[float] = []  # when the first forward (the prefill) ended
+
+    def note_prefill(*_) -> None:  # returns None: a forward hook's return value would replace the output
+        if not forwards:
+            forwards.append(time.perf_counter())
+
+    hook = lm.model.register_forward_hook(note_prefill)
+    try:
+        out = lm.model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                                top_p=None, top_k=None, **sampling)
+    finally:
+        hook.remove()
     new = out[:, enc["input_ids"].shape[1]:]
     finished = (new == tok.eos_token_id).cumsum(dim=1) > 0
     # Count tokens up to and including each row's EOS; padding after it is not work done.
     n_tokens = int((~finished).sum() + finished.any(dim=1).sum())
     texts = tok.batch_decode(new, skip_special_tokens=True)
-    return Completions(texts, n_tokens, time.perf_counter() - start)
+    return Completions(texts, n_tokens, time.perf_counter() - start, forwards[0] - start if forwards else 0.0)

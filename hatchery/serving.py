@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from hatchery.metrics import GrpcMetricsInterceptor
 from hatchery.security import BearerTokenClient, BearerTokenInterceptor, Tls
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # deliberate: a held-out batch of long completions fits, a model does not
@@ -29,7 +30,7 @@ class Server:
 
     def __init__(self, service_names: Iterable[str], host: str = "127.0.0.1", port: int = 0, max_workers: int = 8,
                  token: str | None = None, tls: Tls | None = None):
-        interceptors = [BearerTokenInterceptor(token)] if token else []
+        interceptors = [GrpcMetricsInterceptor(), *([BearerTokenInterceptor(token)] if token else [])]
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=CHANNEL_OPTIONS,
                                 interceptors=interceptors)
         self.health = health.HealthServicer()

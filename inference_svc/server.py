@@ -21,6 +21,14 @@ import grpc
 
 from hatchery.checkpoint import Checkpoint, checkpoint_path
 from hatchery.failpoints import failpoint
+from hatchery.metrics import (
+    INFERENCE_BATCH,
+    INFERENCE_GENERATE,
+    INFERENCE_LEASES,
+    INFERENCE_PREFILL,
+    INFERENCE_TOKENS,
+    serve_metrics,
+)
 from hatchery.model import generate, load_model
 from hatchery.security import Tls, service_token
 from hatchery.serving import Server, channel, invalid_argument_on_value_error, stop_event_on_signals
@@ -140,6 +148,7 @@ class Worker:
         failpoint("lease_received", work.lease.generation)
         result = self.evaluate(work.lease)
         reply = self.optimizer.ReportResult(result, timeout=RPC_TIMEOUT)
+        INFERENCE_LEASES.labels(str(reply.accepted).lower()).inc()
         if reply.accepted:
             self.leases_completed += 1
         else:
@@ -166,6 +175,11 @@ class Worker:
         with self.lock:
             completions = self.evaluator.evaluate(lease)
             fp = self.evaluator.fingerprint()
+        kind = "eval" if lease.kind == pb.LEASE_KIND_EVAL else "train"
+        INFERENCE_BATCH.labels(kind).observe(len(completions.texts))
+        INFERENCE_GENERATE.labels(kind).observe(completions.seconds)
+        INFERENCE_PREFILL.labels(kind).observe(completions.prefill_seconds)
+        INFERENCE_TOKENS.labels(kind).inc(completions.new_tokens)
         started = time.perf_counter()
         per_prompt = len(lease.prompts)
         samples = [reward_pb2.Sample(prompt=p.text, completion=text, reference=p.reference, metadata=p.metadata)
@@ -231,7 +245,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
 
 def serve(host: str, port: int, port_file: str | None, optimizer_address: str, reward_address: str,
-          worker_id: str, fetch_checkpoints: bool = False, tls: Tls | None = None) -> None:
+          worker_id: str, fetch_checkpoints: bool = False, tls: Tls | None = None, metrics_port: int = 0) -> None:
+    serve_metrics(metrics_port, host)
     server = Server([inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name], host, port,
                     token=service_token("inference"), tls=tls)
     worker = Worker(worker_id or f"{socket.gethostname()}-{server.port}", optimizer_address, reward_address,

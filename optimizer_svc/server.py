@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 
 from hatchery.config import RunConfig
+from hatchery.metrics import FAILED_SAMPLES, GENERATION_DURATION, PERTURBATIONS, serve_metrics, watch_run
 from hatchery.model import load_model, resolve_model
 from hatchery.plot import plot_rewards
 from hatchery.security import Tls, service_token
@@ -113,13 +114,22 @@ def optimizer_server(coordinator: Coordinator, base_model_path: Path, host: str 
 
 
 def serve(cfg: RunConfig, host: str, port: int, port_file: str | None, tls: Tls | None = None,
-          finish_grace_seconds: float = 3.0) -> int:
+          metrics_port: int = 0, finish_grace_seconds: float = 3.0) -> int:
     """Trains until the run ends; writes the model, metrics and plot into the run dir."""
     run_dir = Path(cfg.run_dir)
     base = resolve_model(cfg.model.source)
     lm = load_model(base, cfg.model.dtype)
-    coordinator = Coordinator(cfg, lm, run_dir,
-                              on_generation=lambda s: print(progress_line(s, cfg.train.generations), flush=True))
+
+    def on_generation(stats: GenerationStats) -> None:
+        print(progress_line(stats, cfg.train.generations), flush=True)
+        if stats.reward_mean == stats.reward_mean:  # not NaN: a training generation
+            GENERATION_DURATION.observe(stats.seconds)
+            PERTURBATIONS.inc(cfg.es.population)
+            FAILED_SAMPLES.inc(stats.failed_samples)
+
+    coordinator = Coordinator(cfg, lm, run_dir, on_generation=on_generation)
+    watch_run(coordinator)
+    serve_metrics(metrics_port, host)
     server = optimizer_server(coordinator, base, host, port, service_token("optimizer"), tls)
     stop = stop_event_on_signals()
     server.start(port_file)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
 
 from hatchery import __version__
+from hatchery.metrics import REWARD_DURATION, REWARD_SAMPLES, serve_metrics
 from hatchery.security import Tls, service_token
 from hatchery.serving import Server, invalid_argument_on_value_error, stop_event_on_signals
 from hatchery.v1 import reward_pb2 as pb
@@ -52,10 +55,14 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
                 raise ValueError(f"sample {i}: {len(s.metadata)} metadata entries; the limit is {MAX_METADATA_ENTRIES}")
             if any(len(k) + len(v) > MAX_METADATA_CHARS for k, v in s.metadata.items()):
                 raise ValueError(f"sample {i}: a metadata entry is longer than {MAX_METADATA_CHARS} characters")
+        started = time.perf_counter()
         outcomes = self.graders[name].score(request.samples)
+        REWARD_DURATION.labels(name).observe(time.perf_counter() - started)
         if len(outcomes) != len(request.samples):  # a grader bug must not shift scores onto other samples
             outcomes = [Outcome.failed(f"grader {name} returned {len(outcomes)} results for "
                                        f"{len(request.samples)} samples")] * len(request.samples)
+        for status, count in Counter(o.status.value for o in outcomes).items():
+            REWARD_SAMPLES.labels(name, status).inc(count)
         return pb.ScoreResponse(results=[to_proto(o) for o in outcomes])
 
     def Describe(self, request: pb.DescribeRequest, context) -> pb.DescribeResponse:
@@ -85,8 +92,9 @@ def load_graders_file(path: str | None) -> dict[str, BatchGrader]:
 
 
 def serve(host: str, port: int, port_file: str | None, default_grader: str, graders_file: str | None = None,
-          tls: Tls | None = None) -> None:
+          tls: Tls | None = None, metrics_port: int = 0) -> None:
     graders = load_graders_file(graders_file)
+    serve_metrics(metrics_port, host)
     try:
         server = reward_server(default_grader, host, port, graders, service_token("reward"), tls)
         stop = stop_event_on_signals()
