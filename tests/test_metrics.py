@@ -1,8 +1,11 @@
 """Prometheus metrics: scraped from all three services, as processes, during a short real run."""
 
+import json
+import re
 import socket
 import time
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
@@ -15,6 +18,7 @@ from hatchery.v1 import reward_pb2 as pb
 from hatchery.v1 import reward_pb2_grpc
 from reward_svc.server import reward_server
 
+DASHBOARD = Path(__file__).resolve().parent.parent / "helm" / "hatchery" / "dashboards" / "hatchery.json"
 EXPECTED = {  # family name -> type, per service (besides the gRPC series every service has)
     "optimizer": {"hatchery_generation": "gauge", "hatchery_workers": "gauge", "hatchery_reward_mean": "gauge",
                   "hatchery_reward_max": "gauge", "hatchery_reward_std": "gauge", "hatchery_heldout_reward": "gauge",
@@ -107,6 +111,15 @@ def test_all_three_services_export_their_metrics_during_a_run(tiny_llama_dir, tm
     assert value(inf, "hatchery_inference_prefill_duration_seconds",
                  "hatchery_inference_prefill_duration_seconds_count", kind="train") >= 2
     assert value(rew, "hatchery_reward_samples", "hatchery_reward_samples_total", grader="length", status="ok") > 0
+
+    # the dashboard shipped with the chart queries only series these services exported
+    exported = {sample for families in last.values() for _, samples in families.values() for sample, _ in samples}
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert len(exprs) >= 15
+    for expr in exprs:
+        for name in re.findall(r"hatchery_[a-z_]+", expr):
+            assert name in exported, f"dashboard query {expr!r} names {name}, which no service exports"
 
 
 def test_grpc_metrics_count_failed_calls_by_code():
