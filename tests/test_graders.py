@@ -13,8 +13,8 @@ from reward_svc.graders import (
     PerSample,
     Regex,
     Status,
-    _safe_eval,
     builtin_graders,
+    evaluate_equation,
     first_integer,
     length,
     numeric,
@@ -29,8 +29,13 @@ def test_first_integer():
     assert first_integer("", "3 + 4 = 7", "7", {}).score == 0.0
     assert first_integer("", "-4", "-4", {}).score == 1.0
     assert first_integer("", "no digits", "1", {}).score == 0.0
-    with pytest.raises(NotApplicable):
-        first_integer("", "7", "", {})
+    assert first_integer("", "007", " 7\n", {}).score == 1.0  # integers, not strings
+    assert first_integer("", "-0", "0", {}).score == 1.0
+    assert first_integer("", "9" * 5000, "9" * 5000, {}).score == 1.0  # any length
+    assert first_integer("", "\u0667", "7", {}).score == 0.0  # ASCII digits only (Arabic-Indic 7 is not one)
+    for reference in ("", "7.0", "seven"):
+        with pytest.raises(NotApplicable):
+            first_integer("", "7", reference, {})
 
 
 @pytest.mark.parametrize("response, fmt, answer", [
@@ -59,6 +64,9 @@ def test_first_integer():
     ("r</think>\n<answer></answer>", 1.0, 0.0),  # empty answer
     ("<think>r</think>\n<answer>3 * 5 + 7</answer>", 1.0, 1.0),  # a repeated <think> still matches (as Qiu et al.)
     ("r</think>\n<answer>3 * 5 + 7</answer> done", 0.6, 1.0),  # text after </answer>: partial format
+    ("r</think>\n<answer>3 * 5 + 7</answer>\n", 0.6, 1.0),  # even a newline
+    ("r</think>\n<answer>07 * 5 + 3</answer>", 1.0, 0.0),  # 07 is the number 7: 38, not 22
+    ("r</think>\n<answer> 22 </answer>", 1.0, 0.0),  # the target alone uses none of the numbers
 ])
 def test_countdown_reward(response, fmt, answer):
     grade = countdown_grade("", response, "", META)
@@ -67,11 +75,17 @@ def test_countdown_reward(response, fmt, answer):
 
 
 def test_countdown_needs_its_columns_and_evaluates_safely():
-    with pytest.raises(NotApplicable, match="numbers"):
-        countdown_grade("", "x", "", {})
-    assert _safe_eval("(1 + 2) / 3") == 1.0
-    with pytest.raises(ValueError):
-        _safe_eval("2 ** 3")
+    for meta in ({}, {"numbers": "3,5,7"}, {"numbers": "3,x", "target": "22"}, {"numbers": "3,5", "target": "2.5"}):
+        with pytest.raises(NotApplicable, match="numbers"):
+            countdown_grade("", "x", "", meta)
+    assert evaluate_equation("(1 + 2) / 3") == 1
+    assert evaluate_equation("1 / 3 * 3") == 1  # exact: no rounding on the way
+    assert evaluate_equation("10 - 2 - 3") == 5 and evaluate_equation("2 + 3 * 4") == 14  # left to right, precedence
+    for bad in ("2 ** 3", "2 // 3", "-2 + 3", "2 (3)", "(2 + 3", "2 + 3)", "", "2 +", "(" * 101 + "1" + ")" * 101):
+        with pytest.raises(ValueError):
+            evaluate_equation(bad)
+    with pytest.raises(ZeroDivisionError):
+        evaluate_equation("1 / (2 - 2)")
 
 
 def test_generated_countdown_problems_are_solvable():
@@ -96,6 +110,7 @@ def test_arith_heldout_is_never_trained_on():
 def test_length():
     assert length("", " abc ", "abcde", {}).score == -2
     assert length("", "ééé", "abc", {}).score == 0  # characters, not bytes
+    assert length("", "\u00a0abc", "abc", {}).score == -1  # only ASCII whitespace is stripped
     assert length("", "", "", {}).score == 0
 
 
