@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt = sub.add_parser("optimizer", help="serve hatchery.v1.OptimizerService and drive a run")
     opt.add_argument("--config", default=None, help="run config YAML (default: the embedded default)")
     opt.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR")
+    opt.add_argument("--resume-if-exists", action="store_true",
+                     help="with --config: resume when its run_dir already holds that run (a restarted pod), "
+                          "start it otherwise")
     _add_server_flags(opt, 50051)
 
     inf = sub.add_parser("inference", help="serve hatchery.v1.InferenceService and evaluate leases")
@@ -82,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     rew.add_argument("--graders", default=None, metavar="FILE",
                      help="YAML mapping of grader name to spec (regex, combined, python, openrlhf_http)")
     rew.add_argument("--default-grader", default="first_integer", help="grader used when a request names none")
+
+    hc = sub.add_parser("health", help="exit 0 when a service answers grpc.health.v1 SERVING (probes, helm test)")
+    hc.add_argument("address", help="host:port of any Hatchery service")
+    hc.add_argument("--service", default="", help="the service name to ask about; empty: the server as a whole")
+    _add_tls_flags(hc)
 
     st = sub.add_parser("status", help="print an optimizer's status as JSON")
     st.add_argument("address", help="host:port of the optimizer")
@@ -112,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for p in (opt, inf, rew):
         _add_tls_flags(p)
-    for p in (opt, inf, rew, st):
+    for p in (opt, inf, rew, st, hc):
         _env_defaults(p, "HATCHERY_")
     return parser
 
@@ -137,12 +145,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hatchery {args.command}: {err}", file=sys.stderr)
             return 2
     if args.command in ("run", "optimizer"):
-        from hatchery.config import ConfigError, load_config, resumed_config, with_fresh_run_dir
+        from hatchery.config import ConfigError, load_config, resumed_config, start_or_resume, with_fresh_run_dir
 
         try:
             if args.resume and args.config:
                 raise ConfigError("give a config or --resume RUN_DIR, not both")
-            cfg = resumed_config(args.resume) if args.resume else with_fresh_run_dir(load_config(args.config))
+            if args.resume:
+                cfg = resumed_config(args.resume)
+            elif getattr(args, "resume_if_exists", False):
+                cfg = start_or_resume(load_config(args.config))
+            else:
+                cfg = with_fresh_run_dir(load_config(args.config))
         except (ConfigError, OSError) as err:
             print(f"hatchery: bad config: {err}", file=sys.stderr)
             return 2
@@ -150,6 +163,15 @@ def main(argv: list[str] | None = None) -> int:
         from hatchery.launcher import run_local
 
         return run_local(cfg, resume=bool(args.resume))
+    if args.command == "health":
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        from hatchery.serving import channel
+
+        reply = health_pb2_grpc.HealthStub(channel(args.address, tls)).Check(
+            health_pb2.HealthCheckRequest(service=args.service), timeout=10)
+        print(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+        return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
     if args.command == "status":
         from google.protobuf import json_format
 

@@ -181,6 +181,20 @@ def with_fresh_run_dir(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, run_dir=str(run_dir))
 
 
+def start_or_resume(cfg: RunConfig) -> RunConfig:
+    """cfg when its run_dir holds no run yet; the same config when it holds this run
+    (an optimizer restarted by Kubernetes); refused when it holds a run of another config."""
+    if not cfg.run_dir:
+        raise ConfigError("run_dir: must be set to resume a run when it exists")
+    if not (Path(cfg.run_dir) / "config.yaml").exists():
+        return with_fresh_run_dir(cfg)
+    started = resumed_config(cfg.run_dir)
+    if started != cfg:
+        raise ConfigError(f"run_dir: {cfg.run_dir} holds a run started with another config; "
+                          "choose another run_dir or restore that config")
+    return started
+
+
 def resumed_config(run_dir: str | Path) -> RunConfig:
     """The config a run was started with, read back from its run dir."""
     path = Path(run_dir) / "config.yaml"

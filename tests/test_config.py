@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from hatchery.config import ConfigError, RunConfig, load_config, parse_config, with_fresh_run_dir
 
@@ -48,3 +49,15 @@ def test_a_run_dir_is_never_reused(tmp_path):
     (tmp_path / "updates.jsonl").write_text("")
     with pytest.raises(ConfigError, match="already holds a run"):
         with_fresh_run_dir(parse_config({"run_dir": str(tmp_path)}))
+
+
+def test_start_or_resume_takes_its_own_run_and_refuses_another(tmp_path):
+    from hatchery.config import start_or_resume
+
+    cfg = parse_config({"run_dir": str(tmp_path / "run")})
+    assert start_or_resume(cfg) == cfg  # nothing there yet: a fresh start
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    assert start_or_resume(cfg) == cfg  # its own run: resumed (a restarted pod)
+    with pytest.raises(ConfigError, match="another config"):
+        start_or_resume(parse_config({"run_dir": str(tmp_path / "run"), "es": {"population": 8}}))
