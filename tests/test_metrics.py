@@ -8,6 +8,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import helm_python as helm
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -117,9 +118,15 @@ def test_all_three_services_export_their_metrics_during_a_run(tiny_llama_dir, tm
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
     assert len(exprs) >= 15
-    for expr in exprs:
+    with helm.Chart.load(str(DASHBOARD.parent.parent)) as chart:  # and so do the chart's alert rules
+        manifests = chart.render({"metrics": {"prometheusRule": {"enabled": True}}}, name="demo", namespace="ml")
+    (rules,) = [doc for path, text in manifests.items() if path.endswith(".yaml")
+                for doc in yaml.safe_load_all(text) if doc and doc["kind"] == "PrometheusRule"]
+    alerts = [rule["expr"] for group in rules["spec"]["groups"] for rule in group["rules"]]
+    assert len(alerts) == 2
+    for expr in exprs + alerts:
         for name in re.findall(r"hatchery_[a-z_]+", expr):
-            assert name in exported, f"dashboard query {expr!r} names {name}, which no service exports"
+            assert name in exported, f"query {expr!r} names {name}, which no service exports"
 
 
 def test_grpc_metrics_count_failed_calls_by_code():

@@ -1,0 +1,151 @@
+"""The Helm chart, rendered and linted with real Helm (helm-python-sdk binds Helm's Go SDK,
+offline) and every object validated strictly against the Kubernetes 1.30 schemas
+(kubernetes-validate); the args and env it gives each container are accepted by that
+service's own command-line parser, and the run config it writes by the config parser."""
+
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from hatchery.cli import build_parser
+from hatchery.config import parse_config
+from reward_svc.specs import parse_specs
+
+CHART = str(Path(__file__).resolve().parent.parent / "helm" / "hatchery")
+KUBERNETES = "1.30"
+CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+
+VALUE_SETS = {
+    "default": {},
+    "gpu-inference-x4": {
+        "image": {"tag": "0.1.0-cpu"}, "inference": {
+            "replicas": 4, "gpus": 1, "image": {"tag": "0.1.0-cuda"},
+            "nodeSelector": {"nvidia.com/gpu.present": "true"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "resources": {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"memory": "32Gi"}}},
+        "run": {"model": {"dtype": "bfloat16"}, "es": {"population": 256, "rank": 4}}},
+    "external-reward": {
+        "reward": {"builtin": {"enabled": True, "weight": 0.5, "grader": "first_integer"}, "external": [
+            {"addresses": ["judge-0.judges:50060", "judge-1.judges:50060"], "grader": "exact", "weight": 1.0,
+             "tokenSecret": {"name": "judge-token", "key": "token"}}]}},
+    "external-only": {"reward": {"builtin": {"enabled": False}, "external": [{"addresses": ["rm.example:443"]}]}},
+    "tls-on": {"tls": {"enabled": True, "secretName": "hatchery-tls", "requireClientCert": True},
+               "auth": {"existingSecret": "hatchery-tokens"}},
+    "service-monitor-on": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+                                       "prometheusRule": {"enabled": True},
+                                       "dashboard": {"enabled": True}},
+                           "networkPolicy": {"metricsFrom": [{"namespaceSelector": {"matchLabels": {
+                               "kubernetes.io/metadata.name": "monitoring"}}}]}},
+}
+
+
+def render(values: dict) -> list[dict]:
+    with helm.Chart.load(CHART) as chart:
+        manifests = chart.render(values, name="demo", namespace="ml")
+    return [doc for path, text in sorted(manifests.items()) if path.endswith(".yaml")
+            for doc in yaml.safe_load_all(text) if doc]
+
+
+def pods(objects: list[dict]) -> list[tuple[str, dict]]:
+    """(object name, pod spec) of every workload and test pod."""
+    out = []
+    for obj in objects:
+        spec = obj["spec"] if obj["kind"] == "Pod" else obj.get("spec", {}).get("template", {}).get("spec")
+        if spec:
+            out.append((obj["metadata"]["name"], spec))
+    return out
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_chart_lints_strictly_and_every_object_validates(name):
+    values = VALUE_SETS[name]
+    report = helm.lint(CHART, values=values, strict=True, kube_version=f"v{KUBERNETES}.0", namespace="ml")
+    assert report["errors"] == [], report
+    objects = render(values)
+    assert objects
+    for obj in objects:
+        if (obj["apiVersion"], obj["kind"]) in CRDS:
+            assert obj["spec"], obj  # no schema bundled for CRDs; the metrics test checks their queries
+            continue
+        kubernetes_validate.validate(obj, KUBERNETES, strict=True)
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_every_pod_is_hardened(name):
+    for pod, spec in pods(render(VALUE_SETS[name])):
+        ctx = spec["securityContext"]
+        assert ctx["runAsNonRoot"] and ctx["seccompProfile"]["type"] == "RuntimeDefault", pod
+        for container in spec["containers"]:
+            c = container["securityContext"]
+            assert c["readOnlyRootFilesystem"] and not c["allowPrivilegeEscalation"], pod
+            assert c["capabilities"]["drop"] == ["ALL"], pod
+            assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"]), pod
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_containers_get_args_and_env_their_service_accepts(name, monkeypatch):
+    objects = render(VALUE_SETS[name])
+    for pod, spec in pods(objects):
+        for container in spec["containers"]:
+            for var in container.get("env", []):
+                if var["name"].startswith("HATCHERY_"):  # secrets resolve at run time: any value will do
+                    monkeypatch.setenv(var["name"], var.get("value", "from-a-secret"))
+            args = build_parser().parse_args(container["args"])  # SystemExit(2) on anything it refuses
+            assert args.command in ("optimizer", "inference", "reward", "health"), pod
+            for var in container.get("env", []):
+                monkeypatch.delenv(var["name"], raising=False)
+    (config_map,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-run")]
+    cfg = parse_config(yaml.safe_load(config_map["data"]["config.yaml"]))
+    parse_specs(yaml.safe_load(config_map["data"]["graders.yaml"]) or {})
+    assert cfg.run_dir == "/var/lib/hatchery/runs/demo"
+    external = VALUE_SETS[name].get("reward", {}).get("external", [])
+    assert len(cfg.reward.services) == (len(external) + 1 if external and VALUE_SETS[name]["reward"]["builtin"][
+        "enabled"] else len(external))
+
+
+def test_gpu_workers_tls_probes_and_external_tokens():
+    objects = render(VALUE_SETS["gpu-inference-x4"])
+    (inference,) = [o for o in objects if o["kind"] == "Deployment" and "inference" in o["metadata"]["name"]]
+    assert inference["spec"]["replicas"] == 4
+    container = inference["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1 and container["image"].endswith(":0.1.0-cuda")
+    assert container["startupProbe"]["grpc"]["service"] == "hatchery.v1.InferenceService"
+
+    tls = render(VALUE_SETS["tls-on"])
+    for _, spec in pods(tls):
+        container = spec["containers"][0]
+        env = {v["name"]: v for v in container["env"]}
+        assert env["HATCHERY_TLS_REQUIRE_CLIENT_CERT"]["value"] == "true"
+        assert env["HATCHERY_OPTIMIZER_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "hatchery-tokens"
+        if "readinessProbe" in container:  # Kubernetes' gRPC probe speaks no TLS
+            assert "tcpSocket" in container["readinessProbe"]
+
+    external = render(VALUE_SETS["external-reward"])
+    (inference,) = [o for o in external if o["kind"] == "Deployment" and "inference" in o["metadata"]["name"]]
+    env = {v["name"]: v for v in inference["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["HATCHERY_EXTERNAL_REWARD_TOKEN_0"]["valueFrom"]["secretKeyRef"] == {"name": "judge-token",
+                                                                                   "key": "token"}
+
+
+@pytest.mark.parametrize("values, complaint", [
+    ({"inference": {"gpu": 1}}, "additional properties 'gpu' not allowed"),
+    ({"replicas": 3}, "additional properties 'replicas' not allowed"),
+    ({"inference": {"replicas": "4"}}, "/inference/replicas"),
+    ({"inference": {"replicas": -1}}, "minimum"),
+    ({"reward": {"external": [{"addresses": ["no-port"]}]}}, "/reward/external/0/addresses/0"),
+    ({"tls": {"enabled": "yes"}}, "/tls/enabled"),
+    ({"run": {"run_dir": "/elsewhere"}}, "additional properties 'run_dir' not allowed"),
+])
+def test_bad_values_are_refused_by_the_schema(values, complaint):
+    with helm.Chart.load(CHART) as chart:
+        with pytest.raises(helm.HelmValuesError, match=complaint):
+            chart.render(values, name="demo", namespace="ml")
+
+
+def test_a_release_without_any_reward_service_is_refused():
+    with helm.Chart.load(CHART) as chart:
+        with pytest.raises(helm.HelmRenderError, match="reward"):
+            chart.render({"reward": {"builtin": {"enabled": False}}}, name="demo", namespace="ml")
