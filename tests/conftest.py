@@ -16,3 +16,13 @@ def tiny_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory) -> Path:
     return tiny.save("llama", tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture()
+def procs():
+    """Processes a test starts, by name; any still running when it ends are killed."""
+    running: dict = {}
+    yield running
+    for proc in running.values():
+        if proc.poll() is None:
+            proc.kill()

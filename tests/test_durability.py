@@ -96,57 +96,45 @@ def _start(args, name, tmp_path, env=None):
     return proc, port_file
 
 
-def test_workers_that_die_or_join_late_leave_the_result_unchanged(tiny_llama_dir, tmp_path, uninterrupted):
+def test_workers_that_die_or_join_late_leave_the_result_unchanged(tiny_llama_dir, tmp_path, uninterrupted, procs):
     config_path, run_dir = _write_config(tmp_path, tiny_llama_dir)
     config = yaml.safe_load(config_path.read_text())
     config["train"]["lease_timeout_seconds"] = 20  # the stall a dead worker's lease causes: time for "late" to join
     config_path.write_text(yaml.safe_dump(config))
-    procs = {}
-    try:
-        procs["reward"], reward_port = _start(["reward"], "reward", tmp_path)
-        procs["optimizer"], optimizer_port = _start(["optimizer", "--config", str(config_path)], "optimizer", tmp_path)
-        optimizer = f"127.0.0.1:{wait_for_port(optimizer_port, procs['optimizer'], 'optimizer')}"
-        reward = f"127.0.0.1:{wait_for_port(reward_port, procs['reward'], 'reward')}"
+    procs["reward"], reward_port = _start(["reward"], "reward", tmp_path)
+    procs["optimizer"], optimizer_port = _start(["optimizer", "--config", str(config_path)], "optimizer", tmp_path)
+    optimizer = f"127.0.0.1:{wait_for_port(optimizer_port, procs['optimizer'], 'optimizer')}"
+    reward = f"127.0.0.1:{wait_for_port(reward_port, procs['reward'], 'reward')}"
 
-        def worker(name, *flags, env=None):
-            procs[name], _ = _start(["inference", "--optimizer-address", optimizer, "--reward-address", reward,
-                                     "--worker-id", name, *flags], name, tmp_path, env)
+    def worker(name, *flags, env=None):
+        procs[name], _ = _start(["inference", "--optimizer-address", optimizer, "--reward-address", reward,
+                                 "--worker-id", name, *flags], name, tmp_path, env)
 
-        worker("steady")
-        worker("doomed", env={"HATCHERY_FAILPOINT": "lease_received:2"})  # dies holding a lease of generation >= 2
-        assert procs["doomed"].wait(timeout=300) == -9
-        worker("late", "--fetch-checkpoints")  # joins from a checkpoint streamed over gRPC
-        assert procs["optimizer"].wait(timeout=300) == 0
-        assert procs["steady"].wait(timeout=60) == 0 and procs["late"].wait(timeout=60) == 0
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
+    worker("steady")
+    worker("doomed", env={"HATCHERY_FAILPOINT": "lease_received:2"})  # dies holding a lease of generation >= 2
+    assert procs["doomed"].wait(timeout=300) == -9
+    worker("late", "--fetch-checkpoints")  # joins from a checkpoint streamed over gRPC
+    assert procs["optimizer"].wait(timeout=300) == 0
+    assert procs["steady"].wait(timeout=60) == 0 and procs["late"].wait(timeout=60) == 0
     joined = re.search(r"worker late joined run run at generation (\d+)", (tmp_path / "late.log").read_text())
     assert joined and int(joined.group(1)) in (2, 4), "the late worker starts from a checkpoint"
     _assert_same_run(run_dir, uninterrupted)
 
 
-def test_a_worker_outlives_an_optimizer_crash_and_resume(tiny_llama_dir, tmp_path, uninterrupted):
+def test_a_worker_outlives_an_optimizer_crash_and_resume(tiny_llama_dir, tmp_path, uninterrupted, procs):
     config_path, run_dir = _write_config(tmp_path, tiny_llama_dir)
     port = _free_port()  # the restarted optimizer must come back on the same address
-    procs = {}
-    try:
-        procs["reward"], reward_port = _start(["reward"], "reward", tmp_path)
-        procs["optimizer"] = spawn_service(["optimizer", "--config", str(config_path), "--port", str(port)],
-                                           tmp_path / "optimizer.log", {"HATCHERY_FAILPOINT": "log_appended:2"})
-        reward = f"127.0.0.1:{wait_for_port(reward_port, procs['reward'], 'reward')}"
-        procs["worker"], _ = _start(["inference", "--optimizer-address", f"127.0.0.1:{port}", "--reward-address",
-                                     reward, "--worker-id", "survivor"], "worker", tmp_path)
-        assert procs["optimizer"].wait(timeout=300) == -9
-        procs["optimizer"] = spawn_service(["optimizer", "--resume", str(run_dir), "--port", str(port)],
-                                           tmp_path / "optimizer-resumed.log")
-        assert procs["optimizer"].wait(timeout=300) == 0
-        assert procs["worker"].wait(timeout=60) == 0
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
+    procs["reward"], reward_port = _start(["reward"], "reward", tmp_path)
+    procs["optimizer"] = spawn_service(["optimizer", "--config", str(config_path), "--port", str(port)],
+                                       tmp_path / "optimizer.log", {"HATCHERY_FAILPOINT": "log_appended:2"})
+    reward = f"127.0.0.1:{wait_for_port(reward_port, procs['reward'], 'reward')}"
+    procs["worker"], _ = _start(["inference", "--optimizer-address", f"127.0.0.1:{port}", "--reward-address",
+                                 reward, "--worker-id", "survivor"], "worker", tmp_path)
+    assert procs["optimizer"].wait(timeout=300) == -9
+    procs["optimizer"] = spawn_service(["optimizer", "--resume", str(run_dir), "--port", str(port)],
+                                       tmp_path / "optimizer-resumed.log")
+    assert procs["optimizer"].wait(timeout=300) == 0
+    assert procs["worker"].wait(timeout=60) == 0
     assert "unreachable" in (tmp_path / "worker.log").read_text()
     _assert_same_run(run_dir, uninterrupted)
 
@@ -157,7 +145,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_reward_service_crash_costs_no_generation(tiny_llama_dir, tmp_path, uninterrupted):
+def test_a_reward_service_crash_costs_no_generation(tiny_llama_dir, tmp_path, uninterrupted, procs):
     """The reward service SIGKILLed mid-run and restarted on the same address a few
     seconds later: the worker scores its completions once it is back."""
     config_path, run_dir = _write_config(tmp_path, tiny_llama_dir)
@@ -165,27 +153,21 @@ def test_a_reward_service_crash_costs_no_generation(tiny_llama_dir, tmp_path, un
     config["reward"] = {"retries": 1}  # the outage outlasts the client's retries: the worker waits it out
     config_path.write_text(yaml.safe_dump(config))
     reward = f"127.0.0.1:{_free_port()}"
-    procs = {}
-    try:
-        procs["reward"] = spawn_service(["reward", "--port", reward.split(":")[1]], tmp_path / "reward.log")
-        procs["optimizer"], optimizer_port = _start(["optimizer", "--config", str(config_path)], "optimizer", tmp_path)
-        optimizer = f"127.0.0.1:{wait_for_port(optimizer_port, procs['optimizer'], 'optimizer')}"
-        procs["worker"], _ = _start(["inference", "--optimizer-address", optimizer, "--reward-address", reward,
-                                     "--worker-id", "w"], "worker", tmp_path)
-        deadline = time.monotonic() + 300
-        log = run_dir / "updates.jsonl"
-        while not (log.exists() and log.read_text().count("\n") >= 2) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        procs["reward"].kill()
-        procs["reward"].wait()
-        time.sleep(4)
-        procs["reward"] = spawn_service(["reward", "--port", reward.split(":")[1]], tmp_path / "reward-2.log")
-        assert procs["optimizer"].wait(timeout=300) == 0
-        assert procs["worker"].wait(timeout=60) == 0
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
+    procs["reward"] = spawn_service(["reward", "--port", reward.split(":")[1]], tmp_path / "reward.log")
+    procs["optimizer"], optimizer_port = _start(["optimizer", "--config", str(config_path)], "optimizer", tmp_path)
+    optimizer = f"127.0.0.1:{wait_for_port(optimizer_port, procs['optimizer'], 'optimizer')}"
+    procs["worker"], _ = _start(["inference", "--optimizer-address", optimizer, "--reward-address", reward,
+                                 "--worker-id", "w"], "worker", tmp_path)
+    deadline = time.monotonic() + 300
+    log = run_dir / "updates.jsonl"
+    while not (log.exists() and log.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    procs["reward"].kill()
+    procs["reward"].wait()
+    time.sleep(4)
+    procs["reward"] = spawn_service(["reward", "--port", reward.split(":")[1]], tmp_path / "reward-2.log")
+    assert procs["optimizer"].wait(timeout=300) == 0
+    assert procs["worker"].wait(timeout=60) == 0
     assert "scoring this lease's completions again" in (tmp_path / "worker.log").read_text()
     _assert_same_run(run_dir, uninterrupted)
 

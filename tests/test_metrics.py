@@ -55,38 +55,32 @@ def value(families: dict, family: str, sample: str | None = None, **labels) -> f
                if name == (sample or family) and all(dict(lab).get(k) == w for k, w in labels.items()))
 
 
-def test_all_three_services_export_their_metrics_during_a_run(tiny_llama_dir, tmp_path):
+def test_all_three_services_export_their_metrics_during_a_run(tiny_llama_dir, tmp_path, procs):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({
         "run_dir": str(tmp_path / "run"), "model": {"source": str(tiny_llama_dir)}, "grader": "length",
         "task": {"name": "arith", "heldout_size": 4, "max_new_tokens": 4}, "es": {"population": 4, "rank": 1},
         "train": {"generations": 8, "prompts_per_member": 2, "eval_every": 2}}))
     metrics = {name: _free_port() for name in ("reward", "optimizer", "inference")}
-    procs = {}
     first, last = {}, {}
-    try:
-        for name, args in (("reward", ["reward"]), ("optimizer", ["optimizer", "--config", str(config)])):
-            procs[name] = spawn_service([*args, "--port", "0", "--port-file", str(tmp_path / name),
-                                         "--metrics-port", str(metrics[name])], tmp_path / f"{name}.log")
-        ports = {name: wait_for_port(tmp_path / name, procs[name], name) for name in ("reward", "optimizer")}
-        procs["inference"] = spawn_service(
-            ["inference", "--port", "0", "--metrics-port", str(metrics["inference"]),
-             "--optimizer-address", f"127.0.0.1:{ports['optimizer']}",
-             "--reward-address", f"127.0.0.1:{ports['reward']}"], tmp_path / "inference.log")
-        deadline = time.monotonic() + 300
-        while procs["optimizer"].poll() is None and time.monotonic() < deadline:
-            for name, port in metrics.items():
-                try:
-                    last[name] = scrape(port)
-                except OSError:  # not serving yet, or already gone
-                    continue
-                first.setdefault(name, last[name])
-            time.sleep(0.2)
-        assert procs["optimizer"].wait(timeout=60) == 0
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
+    for name, args in (("reward", ["reward"]), ("optimizer", ["optimizer", "--config", str(config)])):
+        procs[name] = spawn_service([*args, "--port", "0", "--port-file", str(tmp_path / name),
+                                     "--metrics-port", str(metrics[name])], tmp_path / f"{name}.log")
+    ports = {name: wait_for_port(tmp_path / name, procs[name], name) for name in ("reward", "optimizer")}
+    procs["inference"] = spawn_service(
+        ["inference", "--port", "0", "--metrics-port", str(metrics["inference"]),
+         "--optimizer-address", f"127.0.0.1:{ports['optimizer']}",
+         "--reward-address", f"127.0.0.1:{ports['reward']}"], tmp_path / "inference.log")
+    deadline = time.monotonic() + 300
+    while procs["optimizer"].poll() is None and time.monotonic() < deadline:
+        for name, port in metrics.items():
+            try:
+                last[name] = scrape(port)
+            except OSError:  # not serving yet, or already gone
+                continue
+            first.setdefault(name, last[name])
+        time.sleep(0.2)
+    assert procs["optimizer"].wait(timeout=60) == 0
     for name, expected in EXPECTED.items():
         families = last[name]
         for family, kind in {**expected, **GRPC}.items():

@@ -93,7 +93,7 @@ def test_incomplete_tls_settings_are_refused_before_start(pki, tmp_path):
     assert out.returncode == 2 and "--tls-cert and --tls-key go together" in out.stderr
 
 
-def test_a_run_with_mutual_tls_and_tokens_on_every_service(pki, tiny_llama_dir, tmp_path):
+def test_a_run_with_mutual_tls_and_tokens_on_every_service(pki, tiny_llama_dir, tmp_path, procs):
     """optimizer, reward and inference as processes, each serving mTLS with a token, each
     client presenting its certificate and the token of the service it calls; `hatchery
     status` with the same credentials works, and no secret reaches a log or the status."""
@@ -109,26 +109,20 @@ def test_a_run_with_mutual_tls_and_tokens_on_every_service(pki, tiny_llama_dir, 
     server_cert, server_key = pki["server"]
     env = {**tokens, "HATCHERY_TLS_CERT": server_cert, "HATCHERY_TLS_KEY": server_key,
            "HATCHERY_TLS_CA": pki["ca"], "HATCHERY_TLS_REQUIRE_CLIENT_CERT": "true"}
-    procs = {}
-    try:
-        for name, args in (("reward", ["reward"]), ("optimizer", ["optimizer", "--config", str(config)])):
-            procs[name] = spawn_service([*args, "--port", "0", "--port-file", str(tmp_path / name)],
-                                        tmp_path / f"{name}.log", env)
-        ports = {name: wait_for_port(tmp_path / name, procs[name], name) for name in ("reward", "optimizer")}
-        # the services' certificate doubles as the worker's client certificate, as one pod identity would
-        procs["inference"] = spawn_service(
-            ["inference", "--port", "0", "--optimizer-address", f"localhost:{ports['optimizer']}",
-             "--reward-address", f"localhost:{ports['reward']}"], tmp_path / "inference.log", env)
-        status = subprocess.run([sys.executable, "-m", "hatchery.cli", "status", f"localhost:{ports['optimizer']}",
-                                 "--tls-ca", pki["ca"], "--tls-cert", pki["client"][0], "--tls-key", pki["client"][1]],
-                                capture_output=True, text=True, timeout=60, env={**os.environ, **tokens})
-        assert status.returncode == 0, status.stderr
-        assert procs["optimizer"].wait(timeout=180) == 0
-        assert procs["inference"].wait(timeout=60) == 0
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
+    for name, args in (("reward", ["reward"]), ("optimizer", ["optimizer", "--config", str(config)])):
+        procs[name] = spawn_service([*args, "--port", "0", "--port-file", str(tmp_path / name)],
+                                    tmp_path / f"{name}.log", env)
+    ports = {name: wait_for_port(tmp_path / name, procs[name], name) for name in ("reward", "optimizer")}
+    # the services' certificate doubles as the worker's client certificate, as one pod identity would
+    procs["inference"] = spawn_service(
+        ["inference", "--port", "0", "--optimizer-address", f"localhost:{ports['optimizer']}",
+         "--reward-address", f"localhost:{ports['reward']}"], tmp_path / "inference.log", env)
+    status = subprocess.run([sys.executable, "-m", "hatchery.cli", "status", f"localhost:{ports['optimizer']}",
+                             "--tls-ca", pki["ca"], "--tls-cert", pki["client"][0], "--tls-key", pki["client"][1]],
+                            capture_output=True, text=True, timeout=60, env={**os.environ, **tokens})
+    assert status.returncode == 0, status.stderr
+    assert procs["optimizer"].wait(timeout=180) == 0
+    assert procs["inference"].wait(timeout=60) == 0
     assert (tmp_path / "run" / "updates.jsonl").read_text().count("\n") == 2
     seen = status.stdout + "".join((tmp_path / f"{n}.log").read_text() for n in procs)
     assert not any(token in seen for token in tokens.values())
