@@ -37,6 +37,19 @@ class Endpoint:
     token: str = ""  # bearer token; empty: none
 
 
+KNOWN_STATUSES = frozenset(pb.ScoreStatus.values()) - {pb.SCORE_STATUS_UNSPECIFIED}
+
+
+def _checked(result: pb.SampleScore) -> pb.SampleScore:
+    """A remote service's result as the optimizer will accept it: an unknown status or a
+    non-finite OK score becomes FAILED (never a crash of the worker, never a 0)."""
+    if result.status not in KNOWN_STATUSES:
+        return pb.SampleScore(status=pb.SCORE_STATUS_FAILED, error=f"the reward service sent status {result.status}")
+    if result.status == pb.SCORE_STATUS_OK and not math.isfinite(result.score):
+        return pb.SampleScore(status=pb.SCORE_STATUS_FAILED, error=f"non-finite score {result.score}")
+    return result
+
+
 class _Service:
     def __init__(self, endpoint: Endpoint, tls: Tls | None):
         if not endpoint.addresses:
@@ -93,9 +106,7 @@ class RewardClient:
         if len(results) != len(samples):
             error = f"{service.endpoint.addresses[replica]} returned {len(results)} results for {len(samples)} samples"
             return [pb.SampleScore(status=pb.SCORE_STATUS_FAILED, error=error)] * len(samples)
-        return [r if r.status != pb.SCORE_STATUS_OK or math.isfinite(r.score)
-                else pb.SampleScore(status=pb.SCORE_STATUS_FAILED, error=f"non-finite score {r.score}")
-                for r in results]
+        return [_checked(r) for r in results]
 
     def close(self) -> None:
         self._pool.shutdown()

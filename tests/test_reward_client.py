@@ -6,8 +6,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hatchery.serving import channel
+from hatchery.serving import Server, channel
 from hatchery.v1 import reward_pb2 as pb
+from hatchery.v1 import reward_pb2_grpc
 from reward_svc.client import Endpoint, RewardClient
 from reward_svc.graders import PerSample, builtin_graders
 from reward_svc.server import reward_server
@@ -82,4 +83,25 @@ def test_bearer_token():
     client.close()
     health = health_pb2_grpc.HealthStub(channel(server.address))  # probes carry no credentials
     assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+    server.stop()
+
+
+class Misbehaving(reward_pb2_grpc.RewardServiceServicer):
+    """A third-party reward service that answers with junk: an undeclared status, an
+    unspecified one, a NaN scored OK."""
+
+    def Score(self, request, context):
+        return pb.ScoreResponse(results=[pb.SampleScore(status=17), pb.SampleScore(),
+                                         pb.SampleScore(status=pb.SCORE_STATUS_OK, score=float("nan")),
+                                         pb.SampleScore(status=pb.SCORE_STATUS_OK, score=0.5)])
+
+
+def test_junk_from_a_remote_service_becomes_failed_samples():
+    server = Server(["hatchery.v1.RewardService"])
+    reward_pb2_grpc.add_RewardServiceServicer_to_server(Misbehaving(), server.grpc)
+    server.start()
+    client = RewardClient([Endpoint([server.address])])
+    rewards, statuses = client.score(SAMPLES[:4])
+    assert statuses == [pb.SCORE_STATUS_FAILED] * 3 + [pb.SCORE_STATUS_OK] and rewards[3] == 0.5
+    client.close()
     server.stop()
