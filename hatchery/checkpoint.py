@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,9 +52,23 @@ def list_checkpoints(directory: Path) -> list[Checkpoint]:
     return sorted((Checkpoint(int(m.group(1)), p) for m, p in found), key=lambda c: c.generation)
 
 
-def latest_checkpoint(directory: Path) -> Checkpoint | None:
-    found = list_checkpoints(directory)
+def latest_checkpoint(directory: Path, at_most: int | None = None) -> Checkpoint | None:
+    """The newest checkpoint, or the newest covering at most `at_most` records."""
+    found = [c for c in list_checkpoints(directory) if at_most is None or c.generation <= at_most]
     return found[-1] if found else None
+
+
+def replay(updater, directory: Path, records: Sequence, generation: int) -> Checkpoint | None:
+    """Brings an EsUpdater (at the base weights) to the weights after `generation` update
+    records: the newest checkpoint at or before it, then the records after that."""
+    if not 0 <= generation <= len(records):
+        raise ValueError(f"generation {generation} is not logged (the log holds 0 to {len(records)})")
+    ckpt = latest_checkpoint(directory, at_most=generation)
+    if ckpt is not None:
+        updater.load_state_dict(*ckpt.load())
+    for record in records[ckpt.generation if ckpt else 0:generation]:
+        updater.apply(record.noise_epoch, record.lr, list(record.fitness))
+    return ckpt
 
 
 def _fsync_path(path: Path, flags: int = os.O_RDONLY) -> None:

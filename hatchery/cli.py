@@ -110,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench_reward.add_argument("--repeats", type=int, default=5)
     bench_reward.add_argument("--out", default=None, help="also write the JSON here")
 
+    exp = sub.add_parser("export", help="a run's weights as a Hugging Face folder or a PEFT LoRA adapter")
+    exp.add_argument("run_dir", help="the run directory")
+    exp.add_argument("out", help="the folder to write")
+    exp.add_argument("--format", choices=["hf", "peft-lora"], default="hf")
+    exp.add_argument("--generation", type=int, default=None, help="after this many updates (default: all)")
+    size = exp.add_mutually_exclusive_group()
+    size.add_argument("--rank", type=int, default=None, help="peft-lora: this rank for every matrix")
+    size.add_argument("--energy", type=float, default=None,
+                      help="peft-lora: per matrix, the smallest rank keeping this share of the change's energy")
+
     load = sub.add_parser("loadtest", help="bounded load on loopback: reward clients and simulated workers (JSON)")
     load.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
     load.add_argument("--reward-clients", type=int, default=32)
@@ -188,6 +198,21 @@ def main(argv: list[str] | None = None) -> int:
 
         return _print_json(run_bench(args.models.split(","), args.population, [int(r) for r in args.ranks.split(",")],
                                      args.new_tokens, args.repeats, args.naive_repeats), args.out)
+    if args.command == "export":
+        from hatchery.export import export_hf, export_peft_lora
+
+        _quiet_libraries()
+        try:
+            if args.format == "hf":
+                report = export_hf(args.run_dir, args.out, args.generation)
+            else:
+                report = export_peft_lora(args.run_dir, args.out, args.generation, args.rank,
+                                          args.energy if args.rank is not None or args.energy is not None else 0.99)
+        except (ValueError, OSError) as err:
+            print(f"hatchery export: {err}", file=sys.stderr)
+            return 2
+        report.pop("matrices", None)  # per matrix: in OUT/hatchery-export.json
+        return _print_json(report, None)
     if args.command == "loadtest":
         from hatchery.loadtest import run_loadtest
 

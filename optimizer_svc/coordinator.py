@@ -23,7 +23,13 @@ from typing import BinaryIO
 import numpy as np
 import yaml
 
-from hatchery.checkpoint import Checkpoint, latest_checkpoint, remove_partial_checkpoints, write_checkpoint
+from hatchery.checkpoint import (
+    Checkpoint,
+    latest_checkpoint,
+    remove_partial_checkpoints,
+    replay,
+    write_checkpoint,
+)
 from hatchery.config import RunConfig
 from hatchery.es import EsUpdater, find_targets, shape_fitness
 from hatchery.failpoints import failpoint
@@ -122,15 +128,10 @@ class Coordinator:
     def _restore_weights(self) -> Checkpoint | None:
         """Weights after every logged record: the newest checkpoint plus the records after it."""
         remove_partial_checkpoints(self.checkpoint_dir)
-        ckpt = latest_checkpoint(self.checkpoint_dir)
-        records = self.log.records
-        if ckpt is not None:
-            if ckpt.generation > len(records):
-                raise ValueError(f"{ckpt.path} covers {ckpt.generation} generations but the log holds {len(records)}")
-            self.updater.load_state_dict(*ckpt.load())
-        for record in records[ckpt.generation if ckpt else 0:]:
-            self.updater.apply(record.noise_epoch, record.lr, list(record.fitness))
-        return ckpt
+        ckpt, records = latest_checkpoint(self.checkpoint_dir), self.log.records
+        if ckpt is not None and ckpt.generation > len(records):
+            raise ValueError(f"{ckpt.path} covers {ckpt.generation} generations but the log holds {len(records)}")
+        return replay(self.updater, self.checkpoint_dir, records, len(records))
 
     def _restore_history(self) -> list[GenerationStats]:
         """Metrics of the logged generations; rows of a generation that did not finish are dropped."""

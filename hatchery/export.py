@@ -1,0 +1,127 @@
+"""`hatchery export`: a run's weights at any logged generation, as a Hugging Face folder
+or as a PEFT LoRA adapter over the base model.
+
+The learned change is a sum of low-rank updates, so it compresses: each matrix's
+change from the base is cut to a truncated SVD, of a fixed rank or of the rank that
+keeps a share of its energy (sum of squared singular values), and the export
+reports how much of the change it kept.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from hatchery.checkpoint import replay
+from hatchery.config import RunConfig, resumed_config
+from hatchery.es import EsUpdater, find_targets
+from hatchery.model import LoadedModel, load_model, resolve_model
+from hatchery.settings import es_settings, step_rule
+from optimizer_svc.update_log import read_log
+
+
+@dataclass
+class RunWeights:
+    cfg: RunConfig
+    base_path: Path
+    generation: int
+    lm: LoadedModel
+
+
+def weights_at(run_dir: str | Path, generation: int | None = None) -> RunWeights:
+    """The model after `generation` update records (default: all of them)."""
+    run_dir = Path(run_dir)
+    cfg = resumed_config(run_dir)
+    base = resolve_model(cfg.model.source)
+    lm = load_model(base, cfg.model.dtype)
+    records = read_log(run_dir / "updates.jsonl")
+    generation = len(records) if generation is None else generation
+    targets = find_targets(lm.model, cfg.es.target_modules, cfg.es.exclude_modules)
+    replay(EsUpdater(targets, cfg.es.seed, cfg.es.rank, step_rule(es_settings(cfg))), run_dir / "checkpoints",
+           records, generation)
+    return RunWeights(cfg, base, generation, lm)
+
+
+def _provenance(weights: RunWeights, run_dir: Path) -> dict:
+    return {"run_dir": str(run_dir.resolve()), "generation": weights.generation,
+            "base_model": weights.cfg.model.source, "base_model_path": str(weights.base_path)}
+
+
+def export_hf(run_dir: str | Path, out: str | Path, generation: int | None = None) -> dict:
+    """A Hugging Face folder (config, tokenizer, safetensors, generation config)."""
+    weights = weights_at(run_dir, generation)
+    out = Path(out)
+    weights.lm.model.save_pretrained(out)
+    weights.lm.tokenizer.save_pretrained(out)
+    report = {"format": "hf", **_provenance(weights, Path(run_dir))}
+    (out / "hatchery-export.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def truncated(delta: torch.Tensor, rank: int | None, energy: float | None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(B, A) with B @ A the best rank-k approximation of delta (out x in), and what it keeps.
+    k is `rank`, or the smallest rank keeping `energy` of the squared singular values."""
+    u, s, vh = torch.linalg.svd(delta.double(), full_matrices=False)
+    total = float((s**2).sum())
+    if rank is not None:
+        k = min(rank, len(s))
+    else:
+        kept_share = torch.cumsum(s**2, 0) / total
+        k = int(torch.searchsorted(kept_share, torch.tensor(energy, dtype=kept_share.dtype)).item()) + 1
+        k = min(k, len(s))
+    kept = float((s[:k] ** 2).sum())
+    b, a = (u[:, :k] * s[:k]).float(), vh[:k].float()
+    return b, a, {"rank": k, "energy_kept": kept / total, "energy": total}
+
+
+def export_peft_lora(run_dir: str | Path, out: str | Path, generation: int | None = None, rank: int | None = None,
+                     energy: float | None = None) -> dict:
+    """A PEFT LoRA adapter (adapter_config.json, adapter_model.safetensors) whose merged
+    weights are the run's weights up to the truncation; scaling is 1 (alpha = rank)."""
+    if (rank is None) == (energy is None):
+        raise ValueError("give exactly one of rank and energy")
+    if rank is not None and rank < 1:
+        raise ValueError(f"rank must be >= 1, got {rank}")
+    if energy is not None and not 0 < energy <= 1:
+        raise ValueError(f"energy must be in (0, 1], got {energy}")
+    weights = weights_at(run_dir, generation)
+    cfg = weights.cfg
+    base = load_model(weights.base_path, cfg.model.dtype)
+    tuned = {t.name: t for t in find_targets(weights.lm.model, cfg.es.target_modules, cfg.es.exclude_modules)}
+    tensors, ranks, matrices = {}, {}, {}
+    transposed = False
+    for t in find_targets(base.model, cfg.es.target_modules, cfg.es.exclude_modules):
+        delta = tuned[t.name].logical_weight().float() - t.logical_weight().float()
+        if not delta.any():
+            continue
+        b, a, kept = truncated(delta, rank, energy)
+        module = t.name.removesuffix(".weight")
+        tensors[f"base_model.model.{module}.lora_A.weight"] = a.contiguous()
+        tensors[f"base_model.model.{module}.lora_B.weight"] = b.contiguous()
+        ranks[module], matrices[module] = kept["rank"], kept
+        transposed = transposed or t.transposed
+    if not tensors:
+        raise ValueError("the weights at this generation equal the base model's: nothing to export")
+    top = max(ranks.values())
+    pattern = {re.escape(module): r for module, r in ranks.items()}  # peft reads these keys as regexes
+    adapter = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(weights.base_path),
+        "r": top, "lora_alpha": top, "rank_pattern": pattern, "alpha_pattern": pattern,
+        "target_modules": sorted(ranks), "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": transposed,
+        "inference_mode": True, "use_rslora": False, "init_lora_weights": True,
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "adapter_config.json").write_text(json.dumps(adapter, indent=2) + "\n")
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    kept_energy = sum(m["energy_kept"] * m["energy"] for m in matrices.values())
+    report = {"format": "peft-lora", **_provenance(weights, Path(run_dir)), "rank": rank, "energy": energy,
+              "energy_kept": kept_energy / sum(m["energy"] for m in matrices.values()),
+              "adapter_bytes": (out / "adapter_model.safetensors").stat().st_size, "matrices": matrices}
+    (out / "hatchery-export.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
