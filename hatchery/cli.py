@@ -120,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--energy", type=float, default=None,
                       help="peft-lora: per matrix, the smallest rank keeping this share of the change's energy")
 
+    ev = sub.add_parser("eval", help="held-out reward of a model or PEFT adapter on a task (JSON)")
+    ev.add_argument("model", help="a Hugging Face folder, a PEFT adapter folder, or embedded:smollm2-135m-instruct")
+    ev.add_argument("--task", default="arith")
+    ev.add_argument("--seed", type=int, default=0, help="the task seed (the run's task.seed)")
+    ev.add_argument("--heldout-size", type=int, default=64)
+    ev.add_argument("--reward-address", default="", help="a reward service; default: start one")
+    ev.add_argument("--grader", default="", help="default: the task's")
+    ev.add_argument("--dtype", default="float32")
+    ev.add_argument("--max-new-tokens", type=int, default=0, help="the run's task.max_new_tokens; 0: the task's")
+
     load = sub.add_parser("loadtest", help="bounded load on loopback: reward clients and simulated workers (JSON)")
     load.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
     load.add_argument("--reward-clients", type=int, default=32)
@@ -213,6 +223,17 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         report.pop("matrices", None)  # per matrix: in OUT/hatchery-export.json
         return _print_json(report, None)
+    if args.command == "eval":
+        from hatchery.evaluation import heldout_reward
+
+        _quiet_libraries()
+        try:
+            result = heldout_reward(args.model, args.task, args.seed, args.heldout_size, args.reward_address,
+                                    args.grader, args.dtype, args.max_new_tokens)
+        except (ValueError, OSError) as err:
+            print(f"hatchery eval: {err}", file=sys.stderr)
+            return 2
+        return _print_json(result, None)
     if args.command == "loadtest":
         from hatchery.loadtest import run_loadtest
 

@@ -104,3 +104,21 @@ def test_export_command(run, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "hatchery.cli", "export", str(run_dir), str(tmp_path / "b"),
                           "--generation", "99"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "not logged" in bad.stderr
+
+
+def test_eval_scores_base_full_and_lora_exports_on_the_same_prompts(run, tiny_llama_dir, tmp_path):
+    """`hatchery eval` through a real reward service: the full export scores what the run's own
+    final held-out evaluation scored, and a full-rank adapter scores the same."""
+    from hatchery.evaluation import heldout_reward
+
+    run_dir, coordinator = run
+    export_hf(run_dir, tmp_path / "hf")
+    export_peft_lora(run_dir, tmp_path / "lora", rank=10_000)
+    kwargs = {"task_name": "arith", "heldout_size": 4, "grader": "length", "max_new_tokens": 6}  # the run's
+    full = heldout_reward(str(tmp_path / "hf"), **kwargs)
+    lora = heldout_reward(str(tmp_path / "lora"), **kwargs)
+    base = heldout_reward(str(tiny_llama_dir), **kwargs)
+    assert full["prompts"] == full["scored"] == 4 and full["statuses"] == {"SCORE_STATUS_OK": 4}
+    assert full["heldout_reward"] == pytest.approx(coordinator.history[-1].heldout_reward)
+    assert lora["heldout_reward"] == pytest.approx(full["heldout_reward"])
+    assert base["heldout_reward"] == pytest.approx(coordinator.history[0].heldout_reward)

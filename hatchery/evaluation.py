@@ -1,0 +1,70 @@
+"""`hatchery eval`: the held-out reward of a model or a PEFT adapter on a task, scored
+by a reward service, so base, full export and LoRA exports compare on the same prompts.
+
+Generation is as in a run's held-out evaluation: greedy, every held-out prompt in
+one batch, the task's token limit and the chat template.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from hatchery.launcher import HOST, spawn_service, wait_for_port
+from hatchery.model import EMBEDDED, LoadedModel, generate, load_model, resolve_model
+from hatchery.tasks import load_task
+from hatchery.v1 import reward_pb2 as pb
+from reward_svc.client import Endpoint, RewardClient
+
+
+def load_for_eval(model: str, dtype: str = "float32") -> LoadedModel:
+    """A Hugging Face folder, the embedded default, or a PEFT adapter folder (merged into
+    the base model its adapter_config.json names)."""
+    path = Path(model)
+    adapter = path / "adapter_config.json"
+    if adapter.is_file():
+        from peft import PeftModel
+
+        base = load_model(json.loads(adapter.read_text())["base_model_name_or_path"], dtype)
+        return LoadedModel(PeftModel.from_pretrained(base.model, path).merge_and_unload(), base.tokenizer)
+    return load_model(resolve_model(model) if model == EMBEDDED else path, dtype)
+
+
+def heldout_reward(model: str, task_name: str = "arith", seed: int = 0, heldout_size: int = 64,
+                   reward_address: str = "", grader: str = "", dtype: str = "float32", max_new_tokens: int = 0) -> dict:
+    task = load_task(task_name, seed, heldout_size)
+    lm = load_for_eval(model, dtype)
+    prompts = task.heldout
+    completions = generate(lm, [p.text for p in prompts], max_new_tokens or task.max_new_tokens).texts
+    samples = [pb.Sample(prompt=p.text, completion=c, reference=p.reference, metadata=p.metadata)
+               for p, c in zip(prompts, completions)]
+    if reward_address:
+        rewards, statuses = _score(reward_address, grader or task.grader, samples)
+    else:  # a reward service of our own, as `hatchery run` would start it
+        with tempfile.TemporaryDirectory(prefix="hatchery-eval-") as tmp:
+            proc = spawn_service(["reward", "--host", HOST, "--port", "0", "--port-file", f"{tmp}/port"],
+                                 Path(tmp) / "reward.log")
+            try:
+                address = f"{HOST}:{wait_for_port(Path(tmp) / 'port', proc, 'reward', timeout=120)}"
+                rewards, statuses = _score(address, grader or task.grader, samples)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+    ok = [r for r, s in zip(rewards, statuses) if s == pb.SCORE_STATUS_OK]
+    mean = statistics.fmean(ok) if ok else math.nan
+    stderr = statistics.stdev(ok) / math.sqrt(len(ok)) if len(ok) > 1 else math.nan
+    return {"model": model, "task": task_name, "seed": seed, "prompts": len(samples), "scored": len(ok),
+            "heldout_reward": mean, "stderr": stderr,
+            "statuses": {pb.ScoreStatus.Name(s): n for s, n in Counter(statuses).items()}}
+
+
+def _score(address: str, grader: str, samples: list[pb.Sample]) -> tuple[list[float], list[int]]:
+    client = RewardClient([Endpoint([address], grader)])
+    try:
+        return client.score(samples)
+    finally:
+        client.close()
