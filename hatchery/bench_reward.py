@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from hatchery.launcher import HOST, spawn_service, wait_for_port
+from hatchery.launcher import loopback_service
 from hatchery.tasks import countdown_problem
 from hatchery.v1 import reward_pb2 as pb
 from reward_svc.client import Endpoint, RewardClient
@@ -65,10 +65,7 @@ def run_reward_bench(samples: int, batch_size: int, repeats: int) -> dict:
         graders = Path(tmp) / "graders.yaml"
         graders.write_text(yaml.safe_dump({"plugin": {"type": "python", "function": PLUGIN, "path": str(PLUGIN_DIR),
                                                       "processes": 2, "batch_size": batch_size}}))
-        proc = spawn_service(["reward", "--host", HOST, "--port", "0", "--port-file", f"{tmp}/port",
-                              "--graders", str(graders)], Path(tmp) / "reward.log")
-        try:
-            address = f"{HOST}:{wait_for_port(Path(tmp) / 'port', proc, 'reward', timeout=120)}"
+        with loopback_service(["reward", "--graders", str(graders)], Path(tmp), "reward") as address:
             over_grpc = {grader: RewardClient([Endpoint([address], grader)], batch_size=batch_size)
                          for grader in ("countdown", "plugin")}
             ways: dict[str, Callable[[], object]] = {
@@ -83,9 +80,6 @@ def run_reward_bench(samples: int, batch_size: int, repeats: int) -> dict:
             for _ in range(repeats):
                 for way, fn in ways.items():
                     rates[way].append(_rate(fn, len(batch)))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
     result: dict = {"machine": f"{platform.machine()}, {platform.python_version()}", "samples": samples,
                     "batch_size": batch_size, "repeats": repeats,
                     "samples_per_second": {way: round(statistics.median(r)) for way, r in rates.items()},

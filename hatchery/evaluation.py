@@ -14,7 +14,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from hatchery.launcher import HOST, spawn_service, wait_for_port
+from hatchery.launcher import loopback_service
 from hatchery.model import EMBEDDED, LoadedModel, generate, load_model, resolve_model
 from hatchery.tasks import load_task
 from hatchery.v1 import reward_pb2 as pb
@@ -46,14 +46,8 @@ def heldout_reward(model: str, task_name: str = "arith", seed: int = 0, heldout_
         rewards, statuses = _score(reward_address, grader or task.grader, samples)
     else:  # a reward service of our own, as `hatchery run` would start it
         with tempfile.TemporaryDirectory(prefix="hatchery-eval-") as tmp:
-            proc = spawn_service(["reward", "--host", HOST, "--port", "0", "--port-file", f"{tmp}/port"],
-                                 Path(tmp) / "reward.log")
-            try:
-                address = f"{HOST}:{wait_for_port(Path(tmp) / 'port', proc, 'reward', timeout=120)}"
+            with loopback_service(["reward"], Path(tmp), "reward") as address:
                 rewards, statuses = _score(address, grader or task.grader, samples)
-            finally:
-                proc.terminate()
-                proc.wait(timeout=30)
     ok = [r for r, s in zip(rewards, statuses) if s == pb.SCORE_STATUS_OK]
     mean = statistics.fmean(ok) if ok else math.nan
     stderr = statistics.stdev(ok) / math.sqrt(len(ok)) if len(ok) > 1 else math.nan

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +75,20 @@ def wait_for_port(path: Path, proc: subprocess.Popen, name: str, timeout: float 
             raise RuntimeError(f"the {name} service exited with code {proc.returncode} before it started")
         time.sleep(0.1)
     raise TimeoutError(f"the {name} service did not start within {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def loopback_service(args: list[str], folder: Path, name: str, timeout: float = 300.0) -> Iterator[str]:
+    """`hatchery ARGS` on 127.0.0.1 with a free port, logging to folder/NAME.log; yields its
+    address and stops it on leaving."""
+    port_file = folder / f"{name}.port"
+    proc = spawn_service([*args, "--host", HOST, "--port", "0", "--port-file", str(port_file)],
+                         folder / f"{name}.log")
+    try:
+        yield f"{HOST}:{wait_for_port(port_file, proc, name, timeout)}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def _supervise(procs: dict[str, subprocess.Popen], run_dir: Path) -> int:

@@ -27,7 +27,7 @@ import yaml
 
 from hatchery.bench import tiny_model
 from hatchery.bench_reward import countdown_samples
-from hatchery.launcher import HOST, spawn_service, wait_for_port
+from hatchery.launcher import loopback_service
 from hatchery.model import EMBEDDED, load_model, resolve_model
 from hatchery.serving import channel
 from hatchery.v1 import optimizer_pb2 as pb
@@ -156,18 +156,8 @@ def run_loadtest(seconds: float, reward_clients: int, batch: int, workers: int, 
             "task": {"heldout_size": 8}, "es": {"population": population},
             "train": {"generations": 10**6, "time_budget_seconds": 0, "prompts_per_member": 4, "eval_every": 10**6,
                       "members_per_lease": 2, "checkpoint_every": 0}}))
-        procs = {"reward": spawn_service(["reward", "--host", HOST, "--port", "0", "--port-file",
-                                          str(folder / "reward.port")], folder / "reward.log"),
-                 "optimizer": spawn_service(["optimizer", "--config", str(config), "--host", HOST, "--port", "0",
-                                             "--port-file", str(folder / "optimizer.port")], folder / "optimizer.log")}
-        try:
-            reward = f"{HOST}:{wait_for_port(folder / 'reward.port', procs['reward'], 'reward', 120)}"
-            optimizer = f"{HOST}:{wait_for_port(folder / 'optimizer.port', procs['optimizer'], 'optimizer', 300)}"
+        with loopback_service(["reward"], folder, "reward") as reward, \
+                loopback_service(["optimizer", "--config", str(config)], folder, "optimizer") as optimizer:
             return {"date": time.strftime("%Y-%m-%d"),
                     "reward": load_reward(reward, reward_clients, batch, seconds),
                     "optimizer": load_optimizer(optimizer, workers, seconds)}
-        finally:
-            for proc in procs.values():
-                proc.terminate()
-            for proc in procs.values():
-                proc.wait(timeout=30)
