@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 
 def _env_defaults(parser: argparse.ArgumentParser, prefix: str) -> None:
@@ -76,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--reward-address", default="",
                      help="host:port of the reward service, for runs whose config names no reward.services")
     inf.add_argument("--worker-id", default="", help="unique worker name (default: host name and port)")
-    inf.add_argument("--fetch-checkpoints", action="store_true",
-                     help="stream checkpoints over gRPC even when the optimizer's path is visible here")
+    inf.add_argument("--fetch-files", "--fetch-checkpoints", dest="fetch_files", action="store_true",
+                     help="stream the start model and checkpoints over gRPC even when the optimizer's paths "
+                          "are visible here")
 
     rew = sub.add_parser("reward", help="serve hatchery.v1.RewardService with the built-in graders and plug-ins; "
                                         "set $HATCHERY_REWARD_TOKEN to require a bearer token")
@@ -95,20 +97,35 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("address", help="host:port of the optimizer")
     _add_tls_flags(st)
 
-    bench = sub.add_parser("bench", help="perturbed vs unperturbed vs naive generation throughput (JSON)")
+    bench = sub.add_parser("bench", help="EGGROLL vs unperturbed vs naive ES generation throughput (JSON, plots)")
     bench.add_argument("--models", default="tiny,smollm2", help="comma-separated: tiny, smollm2")
-    bench.add_argument("--population", type=int, default=32)
-    bench.add_argument("--ranks", default="1,4")
+    bench.add_argument("--dtypes", default="float32", help="comma-separated: float32, bfloat16")
+    bench.add_argument("--batches", default="8,32,128", help="rows per batch, one member and prompt per row")
+    bench.add_argument("--ranks", default="1,2,4,8")
+    bench.add_argument("--naive-populations", default="8,16,32,64",
+                       help="populations at which naive full-rank ES is compared with EGGROLL (lowest rank)")
     bench.add_argument("--new-tokens", type=int, default=32)
-    bench.add_argument("--repeats", type=int, default=7, help="unperturbed/eggroll pairs per model and rank")
-    bench.add_argument("--naive-repeats", type=int, default=1, help="naive runs (each ~10x slower)")
+    bench.add_argument("--repeats", type=int, default=5, help="unperturbed/eggroll pairs per batch and rank")
+    bench.add_argument("--naive-repeats", type=int, default=1, help="naive/eggroll pairs per population")
     bench.add_argument("--out", default=None, help="also write the JSON here")
+    bench.add_argument("--plots", default=None, help="write bench-throughput.png and bench-naive.png here")
 
     bench_reward = sub.add_parser("bench-reward", help="reward samples/s over gRPC vs in-process (JSON)")
     bench_reward.add_argument("--samples", type=int, default=4096)
     bench_reward.add_argument("--batch-size", type=int, default=256)
     bench_reward.add_argument("--repeats", type=int, default=5)
     bench_reward.add_argument("--out", default=None, help="also write the JSON here")
+
+    sync = sub.add_parser("bench-sync", help="bytes on the wire and update time per generation against model size "
+                                             "(JSON)")
+    sync.add_argument("--widths", default="256,512,1024", help="hidden sizes of random 4-layer Llamas")
+    sync.add_argument("--no-smollm2", action="store_true", help="leave the embedded SmolLM2 out")
+    sync.add_argument("--generations", type=int, default=4)
+    sync.add_argument("--out", default=None, help="also write the JSON here")
+
+    brk = sub.add_parser("breakdown", help="where a run's training time went, from its metrics.jsonl (JSON)")
+    brk.add_argument("run_dir", help="the run directory")
+    brk.add_argument("--out", default=None, help="also write the JSON here")
 
     exp = sub.add_parser("export", help="a run's weights as a Hugging Face folder or a PEFT LoRA adapter")
     exp.add_argument("run_dir", help="the run directory")
@@ -143,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (opt, inf, rew, st, hc):
         _env_defaults(p, "HATCHERY_")
     return parser
+
+
+def _ints(csv: str) -> list[int]:
+    return [int(x) for x in csv.split(",") if x]
 
 
 def _print_json(result: dict, out: str | None) -> int:
@@ -204,10 +225,22 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(json_format.MessageToDict(status, preserving_proto_field_name=True), indent=2))
         return 0
     if args.command == "bench":
-        from hatchery.bench import run_bench
+        from hatchery.bench import plot_bench, run_bench
 
-        return _print_json(run_bench(args.models.split(","), args.population, [int(r) for r in args.ranks.split(",")],
-                                     args.new_tokens, args.repeats, args.naive_repeats), args.out)
+        report = run_bench(args.models.split(","), args.dtypes.split(","), _ints(args.batches), _ints(args.ranks),
+                           _ints(args.naive_populations), args.new_tokens, args.repeats, args.naive_repeats)
+        if args.plots:
+            plot_bench(report, Path(args.plots))
+        return _print_json(report, args.out)
+    if args.command == "bench-sync":
+        from hatchery.bench_sync import run_sync_bench
+
+        _quiet_libraries()
+        return _print_json(run_sync_bench(tuple(_ints(args.widths)), not args.no_smollm2, args.generations), args.out)
+    if args.command == "breakdown":
+        from hatchery.breakdown import time_breakdown
+
+        return _print_json(time_breakdown(args.run_dir), args.out)
     if args.command == "export":
         from hatchery.export import export_hf, export_peft_lora
 
@@ -261,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     from inference_svc.server import serve
 
     serve(args.host, args.port, args.port_file, args.optimizer_address, args.reward_address, args.worker_id,
-          args.fetch_checkpoints, tls, args.metrics_port)
+          args.fetch_files, tls, args.metrics_port)
     return 0
 
 

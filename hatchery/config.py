@@ -25,6 +25,7 @@ from reward_svc.specs import BUILTIN_NAMES, parse_specs
 class ModelConfig:
     source: str = EMBEDDED  # "embedded:smollm2-135m-instruct" or a local Hugging Face folder
     dtype: str = "float32"  # "float32" or "bfloat16"
+    adapter: str = ""  # a local PEFT adapter folder merged into the source before training; empty: none
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,8 @@ class RunConfig:
 def validate(cfg: RunConfig) -> RunConfig:
     """Range and choice checks that types alone do not express."""
     check(cfg.model.dtype in DTYPES, "model.dtype", f"must be one of {sorted(DTYPES)}", cfg.model.dtype)
+    check(not cfg.model.adapter or (Path(cfg.model.adapter) / "adapter_config.json").is_file(), "model.adapter",
+          "must be a PEFT adapter folder (with adapter_config.json)", cfg.model.adapter)
     check(cfg.task.name in TASKS, "task.name", f"must be one of {sorted(TASKS)}", cfg.task.name)
     check(cfg.task.heldout_size >= 1, "task.heldout_size", "must be >= 1", cfg.task.heldout_size)
     check(cfg.task.max_new_tokens >= 0, "task.max_new_tokens", "must be >= 0", cfg.task.max_new_tokens)

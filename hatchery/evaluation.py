@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from hatchery.launcher import loopback_service
-from hatchery.model import EMBEDDED, LoadedModel, generate, load_model, resolve_model
+from hatchery.model import EMBEDDED, LoadedModel, generate, load_model, merge_adapter, resolve_model
 from hatchery.tasks import load_task
 from hatchery.v1 import reward_pb2 as pb
 from reward_svc.client import Endpoint, RewardClient
@@ -27,10 +27,7 @@ def load_for_eval(model: str, dtype: str = "float32") -> LoadedModel:
     path = Path(model)
     adapter = path / "adapter_config.json"
     if adapter.is_file():
-        from peft import PeftModel
-
-        base = load_model(json.loads(adapter.read_text())["base_model_name_or_path"], dtype)
-        return LoadedModel(PeftModel.from_pretrained(base.model, path).merge_and_unload(), base.tokenizer)
+        return merge_adapter(load_model(json.loads(adapter.read_text())["base_model_name_or_path"], dtype), path)
     return load_model(resolve_model(model) if model == EMBEDDED else path, dtype)
 
 

@@ -22,34 +22,57 @@ from hatchery.config import RunConfig, resumed_config
 from hatchery.es import EsUpdater, find_targets
 from hatchery.model import LoadedModel, load_model, resolve_model
 from hatchery.settings import es_settings, step_rule
+from hatchery.start import folder_files, folder_sha256, read_start
 from optimizer_svc.update_log import read_log
 
 
 @dataclass
 class RunWeights:
     cfg: RunConfig
-    base_path: Path
+    start: dict  # start.json: base, adapter and the model training started from, with hashes
     generation: int
     lm: LoadedModel
+
+    @property
+    def base_path(self) -> Path:
+        return Path(self.start["base"]["path"])
+
+
+def _recorded_start(run_dir: Path, cfg: RunConfig) -> dict:
+    """The run's start.json, with its folders checked against their recorded hashes."""
+    start = read_start(run_dir)
+    if start is None:  # a run from before start.json: the base as the config names it
+        base = resolve_model(cfg.model.source)
+        return {"source": cfg.model.source, "base": {"path": str(base)}, "adapter": None,
+                "model": {"path": str(base)}}
+    for part in ("base", "model"):
+        folder = Path(start[part]["path"])
+        if not folder.is_dir() or folder_sha256(folder_files(folder)) != start[part]["sha256"]:
+            raise ValueError(f"{folder} no longer holds the {part} this run started from "
+                             f"(sha256 {start[part]['sha256'][:12]}...)")
+    return start
 
 
 def weights_at(run_dir: str | Path, generation: int | None = None) -> RunWeights:
     """The model after `generation` update records (default: all of them)."""
     run_dir = Path(run_dir)
     cfg = resumed_config(run_dir)
-    base = resolve_model(cfg.model.source)
-    lm = load_model(base, cfg.model.dtype)
+    start = _recorded_start(run_dir, cfg)
+    lm = load_model(start["model"]["path"], cfg.model.dtype)
     records = read_log(run_dir / "updates.jsonl")
     generation = len(records) if generation is None else generation
     targets = find_targets(lm.model, cfg.es.target_modules, cfg.es.exclude_modules)
     replay(EsUpdater(targets, cfg.es.seed, cfg.es.rank, step_rule(es_settings(cfg))), run_dir / "checkpoints",
            records, generation)
-    return RunWeights(cfg, base, generation, lm)
+    return RunWeights(cfg, start, generation, lm)
 
 
 def _provenance(weights: RunWeights, run_dir: Path) -> dict:
+    start = weights.start
     return {"run_dir": str(run_dir.resolve()), "generation": weights.generation,
-            "base_model": weights.cfg.model.source, "base_model_path": str(weights.base_path)}
+            "base_model": start["source"], "base_model_path": start["base"]["path"],
+            "base_model_sha256": start["base"].get("sha256"),
+            "start_adapter": start["adapter"] and {k: start["adapter"][k] for k in ("path", "sha256")}}
 
 
 def export_hf(run_dir: str | Path, out: str | Path, generation: int | None = None) -> dict:
@@ -81,8 +104,9 @@ def truncated(delta: torch.Tensor, rank: int | None, energy: float | None) -> tu
 
 def export_peft_lora(run_dir: str | Path, out: str | Path, generation: int | None = None, rank: int | None = None,
                      energy: float | None = None) -> dict:
-    """A PEFT LoRA adapter (adapter_config.json, adapter_model.safetensors) whose merged
-    weights are the run's weights up to the truncation; scaling is 1 (alpha = rank)."""
+    """A PEFT LoRA adapter (adapter_config.json, adapter_model.safetensors) over the base
+    model whose merged weights are the run's weights up to the truncation; scaling is 1
+    (alpha = rank). A run started from base + adapter exports both changes in one adapter."""
     if (rank is None) == (energy is None):
         raise ValueError("give exactly one of rank and energy")
     if rank is not None and rank < 1:
@@ -92,10 +116,11 @@ def export_peft_lora(run_dir: str | Path, out: str | Path, generation: int | Non
     weights = weights_at(run_dir, generation)
     cfg = weights.cfg
     base = load_model(weights.base_path, cfg.model.dtype)
-    tuned = {t.name: t for t in find_targets(weights.lm.model, cfg.es.target_modules, cfg.es.exclude_modules)}
+    tuned = {t.name: t for t in find_targets(weights.lm.model, exclude_modules=())}
+    _refuse_changes_outside(base, weights.lm, set(tuned))
     tensors, ranks, matrices = {}, {}, {}
     transposed = False
-    for t in find_targets(base.model, cfg.es.target_modules, cfg.es.exclude_modules):
+    for t in find_targets(base.model, exclude_modules=()):  # every linear layer: a start adapter may reach any
         delta = tuned[t.name].logical_weight().float() - t.logical_weight().float()
         if not delta.any():
             continue
@@ -125,3 +150,14 @@ def export_peft_lora(run_dir: str | Path, out: str | Path, generation: int | Non
               "adapter_bytes": (out / "adapter_model.safetensors").stat().st_size, "matrices": matrices}
     (out / "hatchery-export.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _refuse_changes_outside(base: LoadedModel, tuned: LoadedModel, linear: set[str]) -> None:
+    """A LoRA adapter holds changes of linear layers only; anything else that differs
+    from the base (a start adapter's modules_to_save, say) would be lost."""
+    theirs = tuned.model.state_dict()
+    changed = [name for name, w in base.model.state_dict().items()
+               if name not in linear and not torch.equal(w, theirs[name])]
+    if changed:
+        raise ValueError(f"the run changed weights a LoRA adapter cannot hold ({', '.join(changed[:3])}"
+                         f"{', ...' if len(changed) > 3 else ''}); export with --format hf")

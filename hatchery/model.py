@@ -76,6 +76,16 @@ def load_model(path: Path | str, dtype: str = "float32") -> LoadedModel:
     return LoadedModel(model, tokenizer)
 
 
+def merge_adapter(lm: LoadedModel, adapter: Path | str) -> LoadedModel:
+    """The model with a PEFT adapter folder merged into its weights (and no adapter layers left)."""
+    from peft import PeftModel  # imported here: only runs that start from an adapter need it
+
+    merged = PeftModel.from_pretrained(lm.model, adapter).merge_and_unload()
+    merged.eval()
+    merged.requires_grad_(False)
+    return LoadedModel(merged, lm.tokenizer)
+
+
 def fingerprint(targets: Sequence[Target], samples_per_matrix: int = 64) -> str:
     """Cheap hash of a fixed strided sample of every target's weights."""
     h = hashlib.blake2b(digest_size=16)

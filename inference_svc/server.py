@@ -6,20 +6,15 @@ health checking: NOT_SERVING until its replica of the weights is ready.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import socket
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 
-from hatchery.checkpoint import Checkpoint, checkpoint_path
 from hatchery.failpoints import failpoint
 from hatchery.metrics import (
     INFERENCE_BATCH,
@@ -34,6 +29,7 @@ from hatchery.security import Tls, service_token
 from hatchery.serving import Server, channel, invalid_argument_on_value_error, stop_event_on_signals
 from hatchery.v1 import inference_pb2, inference_pb2_grpc, optimizer_pb2_grpc, reward_pb2
 from hatchery.v1 import optimizer_pb2 as pb
+from inference_svc import fetch
 from inference_svc.evaluator import Evaluator
 from reward_svc.client import Endpoint, RewardClient
 
@@ -50,11 +46,11 @@ MAX_PROMPT_CHARS = 1 << 16
 class Worker:
     """The pull loop. Owns the Evaluator; the gRPC servicer only reads its state."""
 
-    def __init__(self, worker_id: str, optimizer_address: str, reward_address: str, fetch_checkpoints: bool = False,
+    def __init__(self, worker_id: str, optimizer_address: str, reward_address: str, fetch_files: bool = False,
                  outage_limit_seconds: float = 600.0, tls: Tls | None = None):
         self.worker_id = worker_id
         self.outage_limit_seconds = outage_limit_seconds  # give up after the optimizer is gone this long
-        self.fetch_checkpoints = fetch_checkpoints  # stream checkpoints over gRPC even when the path is visible
+        self.fetch_files = fetch_files  # stream the start model and checkpoints even when their paths are visible
         self.tls = tls  # for the optimizer and every reward service
         self.optimizer = optimizer_pb2_grpc.OptimizerServiceStub(
             channel(optimizer_address, tls, service_token("optimizer")))
@@ -63,6 +59,7 @@ class Worker:
         self.evaluator: Evaluator | None = None
         self.run_id = ""
         self.leases_completed = 0
+        self.update_seconds = 0.0  # applying update records since the last report
         self.lock = threading.Lock()  # one generate() at a time on the replica
 
     def join(self) -> None:
@@ -70,10 +67,11 @@ class Worker:
         GetWork then brings the update records after it."""
         for attempt in range(JOIN_ATTEMPTS):
             joined = self.optimizer.Join(pb.JoinRequest(worker_id=self.worker_id), timeout=600, wait_for_ready=True)
-            evaluator = Evaluator(load_model(Path(joined.base_model_path), joined.es.dtype), joined.es)
+            model = fetch.start_model(self.optimizer, joined, self.fetch_files)
+            evaluator = Evaluator(load_model(model, joined.es.dtype), joined.es)
             if joined.HasField("checkpoint"):
                 try:
-                    with self._checkpoint(joined.checkpoint) as ckpt:
+                    with fetch.checkpoint(self.optimizer, joined.checkpoint, self.fetch_files) as ckpt:
                         evaluator.restore(ckpt.generation, *ckpt.load())
                 except grpc.RpcError as err:
                     if err.code() != grpc.StatusCode.NOT_FOUND or attempt + 1 == JOIN_ATTEMPTS:
@@ -90,28 +88,6 @@ class Worker:
             self.rewards = rewards
         log.info("worker %s joined run %s at generation %d", self.worker_id, self.run_id,
                  evaluator.applied_generation)
-
-    @contextlib.contextmanager
-    def _checkpoint(self, info: pb.CheckpointInfo) -> Iterator[Checkpoint]:
-        """The checkpoint file: read in place when this worker sees the optimizer's
-        storage, else streamed over gRPC into a temporary file."""
-        shared = Path(info.path)
-        if not self.fetch_checkpoints and shared.is_file() and shared.stat().st_size == info.size_bytes:
-            yield Checkpoint(info.generation, shared)
-            return
-        with tempfile.TemporaryDirectory(prefix="hatchery-ckpt-") as tmp:
-            path = checkpoint_path(Path(tmp), info.generation)
-            received = 0
-            with open(path, "wb") as f:
-                for chunk in self.optimizer.FetchCheckpoint(pb.FetchCheckpointRequest(generation=info.generation),
-                                                            timeout=600):
-                    if chunk.offset != received or chunk.size_bytes != info.size_bytes:
-                        raise RuntimeError(f"checkpoint stream out of order at byte {received}")
-                    f.write(chunk.data)
-                    received += len(chunk.data)
-            if received != info.size_bytes:
-                raise RuntimeError(f"checkpoint stream ended at {received} of {info.size_bytes} bytes")
-            yield Checkpoint(info.generation, path)
 
     def run(self, stop: threading.Event) -> None:
         """Pulls work until the run is over. An optimizer or reward service that is
@@ -137,9 +113,11 @@ class Worker:
         work = self.optimizer.GetWork(pb.GetWorkRequest(
             worker_id=self.worker_id, applied_generation=self.evaluator.applied_generation),
             timeout=RPC_TIMEOUT, wait_for_ready=True)
+        started = time.perf_counter()
         with self.lock:
             for record in work.updates:
                 self.evaluator.apply(record)
+        self.update_seconds += time.perf_counter() - started
         if work.finished:
             return True
         if not work.HasField("lease"):
@@ -147,6 +125,7 @@ class Worker:
             return False
         failpoint("lease_received", work.lease.generation)
         result = self.evaluate(work.lease)
+        result.update_seconds, self.update_seconds = self.update_seconds, 0.0
         reply = self.optimizer.ReportResult(result, timeout=RPC_TIMEOUT)
         INFERENCE_LEASES.labels(str(reply.accepted).lower()).inc()
         if reply.accepted:
@@ -175,6 +154,7 @@ class Worker:
         with self.lock:
             completions = self.evaluator.evaluate(lease)
             fp = self.evaluator.fingerprint()
+            noise_seconds = self.evaluator.noise_seconds
         kind = "eval" if lease.kind == pb.LEASE_KIND_EVAL else "train"
         INFERENCE_BATCH.labels(kind).observe(len(completions.texts))
         INFERENCE_GENERATE.labels(kind).observe(completions.seconds)
@@ -193,7 +173,8 @@ class Worker:
             worker_id=self.worker_id, lease_id=lease.lease_id, generation=lease.generation,
             rewards=rewards, statuses=statuses,
             weights_fingerprint=fp, generated_tokens=completions.new_tokens,
-            generate_seconds=completions.seconds, reward_seconds=time.perf_counter() - started)
+            generate_seconds=completions.seconds, reward_seconds=time.perf_counter() - started,
+            noise_seconds=noise_seconds)
 
 
 def reward_client(settings: pb.RewardSettings, local_address: str, local_grader: str,
@@ -245,12 +226,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
 
 def serve(host: str, port: int, port_file: str | None, optimizer_address: str, reward_address: str,
-          worker_id: str, fetch_checkpoints: bool = False, tls: Tls | None = None, metrics_port: int = 0) -> None:
+          worker_id: str, fetch_files: bool = False, tls: Tls | None = None, metrics_port: int = 0) -> None:
     serve_metrics(metrics_port, host)
     server = Server([inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name], host, port,
                     token=service_token("inference"), tls=tls)
     worker = Worker(worker_id or f"{socket.gethostname()}-{server.port}", optimizer_address, reward_address,
-                    fetch_checkpoints, tls=tls)
+                    fetch_files, tls=tls)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(worker), server.grpc)
     stop = stop_event_on_signals()
     server.start(port_file, serving=False)

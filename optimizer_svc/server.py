@@ -8,23 +8,25 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import grpc
 
 from hatchery.config import RunConfig
 from hatchery.metrics import FAILED_SAMPLES, GENERATION_DURATION, PERTURBATIONS, serve_metrics, watch_run
-from hatchery.model import load_model, resolve_model
+from hatchery.model import load_model
 from hatchery.plot import plot_rewards
 from hatchery.security import Tls, service_token
 from hatchery.serving import Server, invalid_argument_on_value_error, stop_event_on_signals
 from hatchery.settings import es_settings, reward_settings
+from hatchery.start import StartPoint, prepare_start
 from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import optimizer_pb2_grpc, reward_pb2
 from optimizer_svc.coordinator import Coordinator, GenerationStats
 
 log = logging.getLogger("hatchery.optimizer")
 MAX_WORKER_ID = 256
-CHECKPOINT_CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 20
 
 
 def _check_worker_id(worker_id: str) -> None:
@@ -46,24 +48,35 @@ def check_report(req: pb.ReportResultRequest) -> None:
             raise ValueError(f"statuses[{i}]: {status} is not a hatchery.v1.ScoreStatus")
         if status == reward_pb2.SCORE_STATUS_OK and not math.isfinite(reward):
             raise ValueError(f"rewards[{i}] is {reward} with status OK; report a non-finite score as FAILED")
-    for name in ("generate_seconds", "reward_seconds"):
+    for name in ("generate_seconds", "reward_seconds", "update_seconds", "noise_seconds"):
         value = getattr(req, name)
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
 
+def _stream(f: BinaryIO) -> Iterator[pb.CheckpointChunk]:
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        offset = 0
+        while data := f.read(CHUNK_BYTES):
+            yield pb.CheckpointChunk(offset=offset, data=data, size_bytes=size)
+            offset += len(data)
+
+
 class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
-    def __init__(self, coordinator: Coordinator, base_model_path: Path):
-        self.coordinator, self.base_model_path = coordinator, base_model_path
+    def __init__(self, coordinator: Coordinator, start: StartPoint):
+        self.coordinator, self.start = coordinator, start
+        self.model_files = [pb.ModelFile(name=f.name, size_bytes=f.size_bytes, sha256=f.sha256) for f in start.files]
 
     @invalid_argument_on_value_error
     def Join(self, request: pb.JoinRequest, context) -> pb.JoinResponse:
         _check_worker_id(request.worker_id)
         c = self.coordinator
         c.join(request.worker_id)
-        return pb.JoinResponse(run_id=c.run_dir.name, base_model_path=str(self.base_model_path),
+        return pb.JoinResponse(run_id=c.run_dir.name, base_model_path=str(self.start.path),
                                es=es_settings(c.cfg), grader=c.cfg.grader or c.task.grader,
-                               checkpoint=c.checkpoint_info(), reward=reward_settings(c.cfg))
+                               checkpoint=c.checkpoint_info(), reward=reward_settings(c.cfg),
+                               base_model_files=self.model_files)
 
     @invalid_argument_on_value_error
     def GetWork(self, request: pb.GetWorkRequest, context) -> pb.GetWorkResponse:
@@ -83,12 +96,12 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
             f = self.coordinator.open_checkpoint(request.generation)
         except LookupError as err:
             context.abort(grpc.StatusCode.NOT_FOUND, str(err))
-        with f:
-            size = os.fstat(f.fileno()).st_size
-            offset = 0
-            while data := f.read(CHECKPOINT_CHUNK_BYTES):
-                yield pb.CheckpointChunk(offset=offset, data=data, size_bytes=size)
-                offset += len(data)
+        yield from _stream(f)
+
+    def FetchModelFile(self, request: pb.FetchModelFileRequest, context) -> Iterator[pb.CheckpointChunk]:
+        if request.name not in {f.name for f in self.start.files}:  # never a path of the caller's choosing
+            context.abort(grpc.StatusCode.NOT_FOUND, f"the start model has no file {request.name[:200]!r}")
+        yield from _stream(open(self.start.path / request.name, "rb"))
 
 
 def progress_line(stats: GenerationStats, total: int) -> str:
@@ -104,11 +117,11 @@ def progress_line(stats: GenerationStats, total: int) -> str:
     return "  ".join(parts)
 
 
-def optimizer_server(coordinator: Coordinator, base_model_path: Path, host: str = "127.0.0.1",
+def optimizer_server(coordinator: Coordinator, start: StartPoint, host: str = "127.0.0.1",
                      port: int = 0, token: str = "", tls: Tls | None = None) -> Server:
     """The OptimizerService for a coordinator, with health and reflection, bound but not started."""
     server = Server([pb.DESCRIPTOR.services_by_name["OptimizerService"].full_name], host, port, token=token, tls=tls)
-    optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server(OptimizerServicer(coordinator, base_model_path),
+    optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server(OptimizerServicer(coordinator, start),
                                                               server.grpc)
     return server
 
@@ -117,8 +130,8 @@ def serve(cfg: RunConfig, host: str, port: int, port_file: str | None, tls: Tls 
           metrics_port: int = 0, finish_grace_seconds: float = 3.0) -> int:
     """Trains until the run ends; writes the model, metrics and plot into the run dir."""
     run_dir = Path(cfg.run_dir)
-    base = resolve_model(cfg.model.source)
-    lm = load_model(base, cfg.model.dtype)
+    start = prepare_start(cfg, run_dir)
+    lm = load_model(start.path, cfg.model.dtype)
 
     def on_generation(stats: GenerationStats) -> None:
         print(progress_line(stats, cfg.train.generations), flush=True)
@@ -130,7 +143,7 @@ def serve(cfg: RunConfig, host: str, port: int, port_file: str | None, tls: Tls 
     coordinator = Coordinator(cfg, lm, run_dir, on_generation=on_generation)
     watch_run(coordinator)
     serve_metrics(metrics_port, host)
-    server = optimizer_server(coordinator, base, host, port, service_token("optimizer"), tls)
+    server = optimizer_server(coordinator, start, host, port, service_token("optimizer"), tls)
     stop = stop_event_on_signals()
     server.start(port_file)
     log.info("optimizer on %s, run dir %s", server.address, run_dir)

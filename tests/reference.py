@@ -11,6 +11,7 @@ from pathlib import Path
 from hatchery.config import RunConfig
 from hatchery.model import load_model
 from hatchery.settings import es_settings
+from hatchery.start import prepare_start
 from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import reward_pb2
 from inference_svc.evaluator import Evaluator
@@ -20,8 +21,9 @@ from reward_svc.server import to_proto
 
 
 def run_reference(cfg: RunConfig, run_dir: Path) -> Coordinator:
-    coordinator = Coordinator(cfg, load_model(cfg.model.source, cfg.model.dtype), run_dir)
-    evaluator = Evaluator(load_model(cfg.model.source, cfg.model.dtype), es_settings(cfg))
+    start = prepare_start(cfg, run_dir).path
+    coordinator = Coordinator(cfg, load_model(start, cfg.model.dtype), run_dir)
+    evaluator = Evaluator(load_model(start, cfg.model.dtype), es_settings(cfg))
     grader = builtin_graders()[cfg.grader or coordinator.task.grader]
     while True:
         work = coordinator.get_work("reference", evaluator.applied_generation)

@@ -113,7 +113,7 @@ def test_workers_that_die_or_join_late_leave_the_result_unchanged(tiny_llama_dir
     worker("steady")
     worker("doomed", env={"HATCHERY_FAILPOINT": "lease_received:2"})  # dies holding a lease of generation >= 2
     assert procs["doomed"].wait(timeout=300) == -9
-    worker("late", "--fetch-checkpoints")  # joins from a checkpoint streamed over gRPC
+    worker("late", "--fetch-files")  # joins from a model and a checkpoint streamed over gRPC
     assert procs["optimizer"].wait(timeout=300) == 0
     assert procs["steady"].wait(timeout=60) == 0 and procs["late"].wait(timeout=60) == 0
     joined = re.search(r"worker late joined run run at generation (\d+)", (tmp_path / "late.log").read_text())

@@ -21,6 +21,7 @@ import inference_svc.server as inference_server
 from hatchery.config import parse_config
 from hatchery.model import load_model
 from hatchery.serving import Server, channel
+from hatchery.start import prepare_start
 from hatchery.v1 import inference_pb2, inference_pb2_grpc, optimizer_pb2_grpc, reward_pb2, reward_pb2_grpc
 from hatchery.v1 import optimizer_pb2 as pb
 from inference_svc.server import InferenceServicer, Worker
@@ -43,7 +44,7 @@ def services(tiny_llama_dir, tmp_path_factory):
                         "train": {"generations": 1000, "prompts_per_member": 1, "members_per_lease": 2,
                                   "eval_every": 1000, "time_budget_seconds": 0}})
     coordinator = Coordinator(cfg, load_model(tiny_llama_dir), run_dir)
-    servers = {"optimizer": optimizer_server(coordinator, tiny_llama_dir), "reward": reward_server()}
+    servers = {"optimizer": optimizer_server(coordinator, prepare_start(cfg, run_dir)), "reward": reward_server()}
     for server in servers.values():
         server.start()
     worker = Worker("fuzz-worker", servers["optimizer"].address, servers["reward"].address)

@@ -10,6 +10,7 @@ import pytest
 from hatchery.config import parse_config
 from hatchery.model import load_model
 from hatchery.serving import channel
+from hatchery.start import prepare_start
 from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import optimizer_pb2_grpc, reward_pb2
 from optimizer_svc.coordinator import Coordinator
@@ -32,7 +33,7 @@ def optimizer(tiny_llama_dir, tmp_path):
                                   "members_per_lease": 2, "lease_timeout_seconds": 30}})
     clock = Clock()
     coordinator = Coordinator(cfg, load_model(tiny_llama_dir), tmp_path / "run", clock=clock)
-    server = optimizer_server(coordinator, tiny_llama_dir)
+    server = optimizer_server(coordinator, prepare_start(coordinator.cfg, coordinator.run_dir))
     server.start()
     stub = optimizer_pb2_grpc.OptimizerServiceStub(channel(server.address))
     stub.address = server.address

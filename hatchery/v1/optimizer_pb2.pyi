@@ -24,20 +24,38 @@ class JoinRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("run_id", "base_model_path", "es", "grader", "checkpoint", "reward")
+    __slots__ = ("run_id", "base_model_path", "es", "grader", "checkpoint", "reward", "base_model_files")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     ES_FIELD_NUMBER: _ClassVar[int]
     GRADER_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     REWARD_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FILES_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     base_model_path: str
     es: EsSettings
     grader: str
     checkpoint: CheckpointInfo
     reward: RewardSettings
-    def __init__(self, run_id: _Optional[str] = ..., base_model_path: _Optional[str] = ..., es: _Optional[_Union[EsSettings, _Mapping]] = ..., grader: _Optional[str] = ..., checkpoint: _Optional[_Union[CheckpointInfo, _Mapping]] = ..., reward: _Optional[_Union[RewardSettings, _Mapping]] = ...) -> None: ...
+    base_model_files: _containers.RepeatedCompositeFieldContainer[ModelFile]
+    def __init__(self, run_id: _Optional[str] = ..., base_model_path: _Optional[str] = ..., es: _Optional[_Union[EsSettings, _Mapping]] = ..., grader: _Optional[str] = ..., checkpoint: _Optional[_Union[CheckpointInfo, _Mapping]] = ..., reward: _Optional[_Union[RewardSettings, _Mapping]] = ..., base_model_files: _Optional[_Iterable[_Union[ModelFile, _Mapping]]] = ...) -> None: ...
+
+class ModelFile(_message.Message):
+    __slots__ = ("name", "size_bytes", "sha256")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size_bytes: int
+    sha256: str
+    def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class FetchModelFileRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class RewardSettings(_message.Message):
     __slots__ = ("services", "timeout_seconds", "retries", "batch_size")
@@ -203,7 +221,7 @@ class Lease(_message.Message):
     def __init__(self, lease_id: _Optional[str] = ..., kind: _Optional[_Union[LeaseKind, str]] = ..., generation: _Optional[int] = ..., member_start: _Optional[int] = ..., member_end: _Optional[int] = ..., sigma: _Optional[float] = ..., prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., deadline_seconds: _Optional[float] = ...) -> None: ...
 
 class ReportResultRequest(_message.Message):
-    __slots__ = ("worker_id", "lease_id", "generation", "rewards", "statuses", "weights_fingerprint", "generated_tokens", "generate_seconds", "reward_seconds")
+    __slots__ = ("worker_id", "lease_id", "generation", "rewards", "statuses", "weights_fingerprint", "generated_tokens", "generate_seconds", "reward_seconds", "update_seconds", "noise_seconds")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +231,8 @@ class ReportResultRequest(_message.Message):
     GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     GENERATE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     REWARD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    NOISE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     lease_id: str
     generation: int
@@ -222,7 +242,9 @@ class ReportResultRequest(_message.Message):
     generated_tokens: int
     generate_seconds: float
     reward_seconds: float
-    def __init__(self, worker_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., generation: _Optional[int] = ..., rewards: _Optional[_Iterable[float]] = ..., statuses: _Optional[_Iterable[_Union[_reward_pb2.ScoreStatus, str]]] = ..., weights_fingerprint: _Optional[str] = ..., generated_tokens: _Optional[int] = ..., generate_seconds: _Optional[float] = ..., reward_seconds: _Optional[float] = ...) -> None: ...
+    update_seconds: float
+    noise_seconds: float
+    def __init__(self, worker_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., generation: _Optional[int] = ..., rewards: _Optional[_Iterable[float]] = ..., statuses: _Optional[_Iterable[_Union[_reward_pb2.ScoreStatus, str]]] = ..., weights_fingerprint: _Optional[str] = ..., generated_tokens: _Optional[int] = ..., generate_seconds: _Optional[float] = ..., reward_seconds: _Optional[float] = ..., update_seconds: _Optional[float] = ..., noise_seconds: _Optional[float] = ...) -> None: ...
 
 class ReportResultResponse(_message.Message):
     __slots__ = ("accepted", "reason", "resync")

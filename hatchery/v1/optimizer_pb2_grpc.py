@@ -59,6 +59,11 @@ class OptimizerServiceStub:
                 request_serializer=hatchery_dot_v1_dot_optimizer__pb2.FetchCheckpointRequest.SerializeToString,
                 response_deserializer=hatchery_dot_v1_dot_optimizer__pb2.CheckpointChunk.FromString,
                 _registered_method=True)
+        self.FetchModelFile = channel.unary_stream(
+                '/hatchery.v1.OptimizerService/FetchModelFile',
+                request_serializer=hatchery_dot_v1_dot_optimizer__pb2.FetchModelFileRequest.SerializeToString,
+                response_deserializer=hatchery_dot_v1_dot_optimizer__pb2.CheckpointChunk.FromString,
+                _registered_method=True)
 
 
 class OptimizerServiceServicer:
@@ -101,6 +106,14 @@ class OptimizerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchModelFile(self, request, context):
+        """Streams one file of the start model (JoinResponse.base_model_files), for
+        workers that cannot see base_model_path. NOT_FOUND for any other name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +140,11 @@ def add_OptimizerServiceServicer_to_server(servicer, server):
             'FetchCheckpoint': grpc.unary_stream_rpc_method_handler(
                     servicer.FetchCheckpoint,
                     request_deserializer=hatchery_dot_v1_dot_optimizer__pb2.FetchCheckpointRequest.FromString,
+                    response_serializer=hatchery_dot_v1_dot_optimizer__pb2.CheckpointChunk.SerializeToString,
+            ),
+            'FetchModelFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchModelFile,
+                    request_deserializer=hatchery_dot_v1_dot_optimizer__pb2.FetchModelFileRequest.FromString,
                     response_serializer=hatchery_dot_v1_dot_optimizer__pb2.CheckpointChunk.SerializeToString,
             ),
     }
@@ -264,6 +282,33 @@ class OptimizerService:
             target,
             '/hatchery.v1.OptimizerService/FetchCheckpoint',
             hatchery_dot_v1_dot_optimizer__pb2.FetchCheckpointRequest.SerializeToString,
+            hatchery_dot_v1_dot_optimizer__pb2.CheckpointChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchModelFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hatchery.v1.OptimizerService/FetchModelFile',
+            hatchery_dot_v1_dot_optimizer__pb2.FetchModelFileRequest.SerializeToString,
             hatchery_dot_v1_dot_optimizer__pb2.CheckpointChunk.FromString,
             options,
             channel_credentials,

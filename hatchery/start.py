@@ -1,0 +1,115 @@
+"""Where a run starts: a base model folder, optionally with a PEFT adapter merged in.
+
+The run dir records the start in start.json by path and content hash, so a resumed
+run refuses a base that changed under it and an export names exactly what it builds
+on. With an adapter, the merged model is written once into the run dir
+(start-model/); that folder is what the optimizer and every worker load, and workers
+that cannot see it stream it from the optimizer, file by file, checked by hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from hatchery.config import RunConfig
+from hatchery.model import load_model, merge_adapter, resolve_model
+from hatchery.schema import ConfigError
+
+START_RECORD = "start.json"
+MERGED_FOLDER = "start-model"
+_HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    name: str
+    size_bytes: int
+    sha256: str
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def folder_files(folder: Path) -> list[ModelFile]:
+    """Every visible file directly in a Hugging Face folder: what loading it reads."""
+    return [ModelFile(p.name, p.stat().st_size, file_sha256(p))
+            for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+
+
+def folder_sha256(files: list[ModelFile]) -> str:
+    """One hash naming a folder's content: its files' names and hashes."""
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.name):
+        h.update(f"{f.name}\0{f.sha256}\n".encode())
+    return h.hexdigest()
+
+
+def _describe(folder: Path) -> dict:
+    files = folder_files(folder)
+    return {"path": str(folder.resolve()), "sha256": folder_sha256(files),
+            "files": {f.name: f.sha256 for f in files}}
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    path: Path  # the Hugging Face folder the optimizer and the workers load
+    files: list[ModelFile]  # that folder's content
+    record: dict  # what start.json holds: base, adapter and model, each with path and sha256
+
+
+def read_start(run_dir: Path) -> dict | None:
+    """start.json of a run; None for runs made before it was recorded."""
+    path = run_dir / START_RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def prepare_start(cfg: RunConfig, run_dir: Path) -> StartPoint:
+    """The start of cfg's run in run_dir: merged and recorded on first call, checked
+    against the record when the run resumes."""
+    base = resolve_model(cfg.model.source)
+    record = {"source": cfg.model.source, "base": _describe(base),
+              "adapter": _describe(Path(cfg.model.adapter)) if cfg.model.adapter else None}
+    recorded = read_start(run_dir)
+    if recorded is not None:
+        for part in ("base", "adapter"):
+            if (recorded[part] or {}).get("sha256") != (record[part] or {}).get("sha256"):
+                raise ConfigError(f"model: the {part} this run started from changed since "
+                                  f"({(recorded[part] or {}).get('path')}); restore it or start a new run")
+    path = base
+    if cfg.model.adapter:
+        path = run_dir / MERGED_FOLDER
+        if not path.is_dir():
+            _write_merged(base, Path(cfg.model.adapter), path)
+    files = folder_files(path)
+    record["model"] = {"path": str(path.resolve()), "sha256": folder_sha256(files)}
+    if recorded is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run_dir / f".{START_RECORD}.tmp"
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, run_dir / START_RECORD)
+    elif recorded["model"]["sha256"] != record["model"]["sha256"]:
+        raise ConfigError(f"model: {path} no longer holds the model this run started from")
+    return StartPoint(path, files, record)
+
+
+def _write_merged(base: Path, adapter: Path, out: Path) -> None:
+    """base + adapter as a float32 Hugging Face folder, written whole or not at all."""
+    try:
+        merged = merge_adapter(load_model(base), adapter)
+    except (ValueError, RuntimeError, KeyError, OSError) as err:
+        raise ConfigError(f"model.adapter: {adapter} cannot be merged into {base}: {err}") from None
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.model.save_pretrained(tmp)
+    merged.tokenizer.save_pretrained(tmp)
+    os.replace(tmp, out)
