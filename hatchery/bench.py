@@ -1,15 +1,16 @@
 """`hatchery bench`: what per-row perturbation costs, measured side by side.
 
-For each model and rank, one population of members (one prompt each) is
-generated three ways:
-- unperturbed: one batched generate() of all rows with the plain weights;
-- eggroll: the same batch, each row perturbed as its own member;
-- naive: each member's W + sigma E_i materialised in place, its row generated
-  alone, weights restored (Qiu et al. / OpenES evaluation).
-Every row generates exactly `new_tokens` tokens, so times compare like with like.
-Unperturbed and eggroll run back to back in alternating order, and their ratio
-is the median of the per-repeat ratios: on a shared machine the load drifts
-between repeats far more than within one pair.
+Two measurements, each on one model in one process, every row generating exactly
+`new_tokens` tokens so that times compare like with like:
+
+- throughput: one batch of `batch` rows (one member and one prompt per row)
+  generated unperturbed and as an EGGROLL population, back to back in
+  alternating order; the ratio is the median of the per-pair ratios, since on a
+  shared machine the load drifts between pairs far more than within one;
+- naive: a population evaluated as Qiu et al. and OpenES do it (each member's
+  full-rank W + sigma E written into the weights in place, its rows generated
+  alone, the weights restored) against EGGROLL evaluating the same population
+  in one batch, noise generation included on both sides: generations per second.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
@@ -30,82 +32,167 @@ SIGMA = 3e-3
 BENCH_MODELS = ("tiny", "smollm2")
 
 
-def tiny_model(tokenizer) -> LoadedModel:
+def tiny_model(tokenizer, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """A randomly initialised 4-layer Llama with SmolLM2's tokenizer: throughput needs no trained weights."""
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    return LoadedModel(AutoModelForCausalLM.from_config(config).eval().requires_grad_(False), tokenizer)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return LoadedModel(model.eval().requires_grad_(False), tokenizer)
 
 
-def _generate(lm: LoadedModel, enc: dict, new_tokens: int) -> None:
-    lm.model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                      pad_token_id=lm.tokenizer.pad_token_id)
+def _load(name: str, dtype: str) -> LoadedModel:
+    if name not in BENCH_MODELS:
+        raise ValueError(f"unknown bench model {name!r}; choose from {list(BENCH_MODELS)}")
+    smollm2 = load_model(resolve_model(EMBEDDED), dtype)
+    return smollm2 if name == "smollm2" else tiny_model(smollm2.tokenizer, smollm2.model.dtype)
 
 
-def _timed(fn: Callable[[], None]) -> float:
+class _Workload:
+    """`rows` chat-formatted arithmetic prompts, as one batch and one by one."""
+
+    def __init__(self, lm: LoadedModel, rows: int, new_tokens: int):
+        self.lm, self.new_tokens = lm, new_tokens
+        tok = lm.tokenizer
+        texts = [tok.apply_chat_template([{"role": "user", "content": p.text}], tokenize=False,
+                                         add_generation_prompt=True) for p in (arith(0, 64).train * 8)[:rows]]
+        self.batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        self.single = [tok([t], return_tensors="pt", add_special_tokens=False) for t in texts]
+        self.targets = find_targets(lm.model)
+
+    def generate(self, enc: dict) -> None:
+        self.lm.model.generate(**enc, max_new_tokens=self.new_tokens, min_new_tokens=self.new_tokens,
+                               do_sample=False, pad_token_id=self.lm.tokenizer.pad_token_id)
+
+    def noise(self, rows: int, rank: int) -> PopulationNoise:
+        return PopulationNoise(self.targets, NoiseKey(seed=0, epoch=0, rank=rank), range(rows // 2))
+
+    def eggroll(self, noise: PopulationNoise) -> None:
+        with perturbed(self.targets, noise, list(range(len(self.single))), SIGMA):
+            self.generate(self.batch)
+
+    def naive(self) -> None:
+        for member, enc in enumerate(self.single):
+            with materialised_member(self.targets, 0, 0, member, SIGMA, rank=None):
+                self.generate(enc)
+
+
+def _timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
 
 
+def _alternating(first: Callable[[], object], second: Callable[[], object], repeats: int) -> list[tuple[float, float]]:
+    """(first, second) seconds per repeat, the order swapped every other repeat."""
+    pairs = []
+    for r in range(repeats):
+        if r % 2 == 0:
+            a = _timed(first)
+            b = _timed(second)
+        else:
+            b = _timed(second)
+            a = _timed(first)
+        pairs.append((a, b))
+    return pairs
+
+
 @torch.inference_mode()
-def bench_model(lm: LoadedModel, population: int, rank: int, new_tokens: int, repeats: int,
-                naive_repeats: int) -> dict:
-    tok = lm.tokenizer
-    prompts = [p.text for p in (arith(0, 64).train * 4)[:population]]
-    texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-             for p in prompts]
-    batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    rows = [tok([t], return_tensors="pt", add_special_tokens=False) for t in texts]
-    targets = find_targets(lm.model)
-    key = NoiseKey(seed=0, epoch=0, rank=rank)
-    noise = PopulationNoise(targets, key, range(population // 2))
-    members = list(range(population))
-
-    def unperturbed():
-        _generate(lm, batch, new_tokens)
-
-    def eggroll():
-        with perturbed(targets, noise, members, SIGMA):
-            _generate(lm, batch, new_tokens)
-
-    def naive():
-        for m in members:
-            with materialised_member(targets, key.seed, key.epoch, m, SIGMA, rank):
-                _generate(lm, rows[m], new_tokens)
-
-    unperturbed()  # warm-up
-    times: dict[str, list[float]] = {"unperturbed": [], "eggroll": [], "naive": []}
-    ratios = []
-    for r in range(repeats):  # back to back, order alternating: load drift on a shared machine cancels out
-        first, second = ("unperturbed", "eggroll") if r % 2 == 0 else ("eggroll", "unperturbed")
-        for name in (first, second):
-            times[name].append(_timed(unperturbed if name == "unperturbed" else eggroll))
-        ratios.append(times["unperturbed"][-1] / times["eggroll"][-1])
-    times["naive"] = [_timed(naive) for _ in range(naive_repeats)]
-    med = {name: statistics.median(t) for name, t in times.items()}
-    tokens = population * new_tokens
+def throughput_row(lm: LoadedModel, batch: int, rank: int, new_tokens: int, repeats: int) -> dict:
+    work = _Workload(lm, batch, new_tokens)
+    noise_seconds = _timed(lambda: work.noise(batch, rank))
+    noise = work.noise(batch, rank)
+    work.generate(work.batch)  # warm-up
+    pairs = _alternating(lambda: work.generate(work.batch), lambda: work.eggroll(noise), repeats)
+    plain, eggroll = [p for p, _ in pairs], [e for _, e in pairs]
+    tokens = batch * new_tokens
     return {
-        "rank": rank, "population": population, "new_tokens_per_row": new_tokens,
-        "seconds_median": med, "seconds_all": times,
-        "tokens_per_second": {name: tokens / t for name, t in med.items()},
-        "eggroll_over_unperturbed_throughput": statistics.median(ratios),
-        "naive_over_unperturbed_throughput": med["unperturbed"] / med["naive"],
-        "eggroll_speedup_over_naive": med["naive"] / med["eggroll"],
+        "batch": batch, "rank": rank, "new_tokens_per_row": new_tokens,
+        "seconds": {"unperturbed": plain, "eggroll": eggroll},
+        "tokens_per_second": {"unperturbed": tokens / statistics.median(plain),
+                              "eggroll": tokens / statistics.median(eggroll)},
+        "eggroll_over_unperturbed_throughput": statistics.median(p / e for p, e in pairs),
+        "noise_seconds": noise_seconds,  # once per generation per worker, reused over prompts and decode steps
     }
 
 
-def run_bench(models: list[str], population: int, ranks: list[int], new_tokens: int, repeats: int,
-              naive_repeats: int) -> dict:
-    unknown = set(models) - set(BENCH_MODELS)
-    if unknown:
-        raise ValueError(f"unknown bench model(s) {sorted(unknown)}; choose from {list(BENCH_MODELS)}")
-    smollm2 = load_model(resolve_model(EMBEDDED))
-    loaded = {"smollm2": smollm2, "tiny": tiny_model(smollm2.tokenizer)}
-    results = {name: [bench_model(loaded[name], population, r, new_tokens, repeats, naive_repeats) for r in ranks]
-               for name in models}
+@torch.inference_mode()
+def naive_row(lm: LoadedModel, population: int, rank: int, new_tokens: int, repeats: int) -> dict:
+    work = _Workload(lm, population, new_tokens)
+    work.generate(work.batch)  # warm-up
+    pairs = _alternating(work.naive, lambda: work.eggroll(work.noise(population, rank)), repeats)
+    naive, eggroll = [n for n, _ in pairs], [e for _, e in pairs]
+    return {
+        "population": population, "eggroll_rank": rank, "new_tokens_per_row": new_tokens,
+        "seconds": {"naive": naive, "eggroll": eggroll},
+        "generations_per_second": {"naive": 1 / statistics.median(naive), "eggroll": 1 / statistics.median(eggroll)},
+        "eggroll_speedup_over_naive": statistics.median(n / e for n, e in pairs),
+    }
+
+
+def run_bench(models: Sequence[str], dtypes: Sequence[str], batches: Sequence[int], ranks: Sequence[int],
+              naive_populations: Sequence[int], new_tokens: int, repeats: int, naive_repeats: int) -> dict:
+    for name in models:
+        if name not in BENCH_MODELS:
+            raise ValueError(f"unknown bench model {name!r}; choose from {list(BENCH_MODELS)}")
+    for n in (*batches, *naive_populations):
+        if n < 2 or n % 2:
+            raise ValueError(f"batch sizes and populations must be even and >= 2 (antithetic pairs), got {n}")
+    throughput, naive = [], []
+    for name in models:
+        for dtype in dtypes:
+            lm = _load(name, dtype)
+            case = {"model": name, "dtype": dtype}
+            throughput += [{**case, **throughput_row(lm, b, r, new_tokens, repeats)} for b in batches for r in ranks]
+            naive += [{**case, **naive_row(lm, p, min(ranks), new_tokens, naive_repeats)} for p in naive_populations]
     return {"machine": {"cpu_threads": torch.get_num_threads(), "processor": platform.processor(),
-                        "torch": torch.__version__, "dtype": "float32"},
-            "date": time.strftime("%Y-%m-%d"), "results": results}
+                        "machine": platform.machine(), "torch": torch.__version__},
+            "date": time.strftime("%Y-%m-%d"), "sigma": SIGMA, "throughput": throughput, "naive": naive}
+
+
+def plot_bench(report: dict, out_dir: Path) -> list[Path]:
+    """bench-throughput.png (ratio against batch, one line per rank) and bench-naive.png."""
+    from hatchery.plot import plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    cases = sorted({(r["model"], r["dtype"]) for r in report["throughput"]})
+    if cases:
+        fig, axes = plt.subplots(1, len(cases), figsize=(4.5 * len(cases), 3.6), squeeze=False)
+        for ax, (model, dtype) in zip(axes[0], cases):
+            rows = [r for r in report["throughput"] if (r["model"], r["dtype"]) == (model, dtype)]
+            for rank in sorted({r["rank"] for r in rows}):
+                line = sorted((r["batch"], r["eggroll_over_unperturbed_throughput"]) for r in rows if r["rank"] == rank)
+                ax.plot(*zip(*line), "o-", label=f"rank {rank}")
+            ax.axhline(0.95, color="grey", linestyle="--", linewidth=1)
+            ax.set_xscale("log", base=2)
+            ax.set_ylim(0.6, 1.15)
+            ax.set_title(f"{model} {dtype}")
+            ax.set_xlabel("batch (members, one prompt each)")
+            ax.set_ylabel("EGGROLL / unperturbed throughput")
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        paths.append(out_dir / "bench-throughput.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    if report["naive"]:
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        for model, dtype in sorted({(r["model"], r["dtype"]) for r in report["naive"]}):
+            rows = sorted((r for r in report["naive"] if (r["model"], r["dtype"]) == (model, dtype)),
+                          key=lambda r: r["population"])
+            for kind, style in (("eggroll", "o-"), ("naive", "s--")):
+                ax.plot([r["population"] for r in rows], [r["generations_per_second"][kind] for r in rows], style,
+                        label=f"{kind} ({model} {dtype})")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("population (one prompt per member)")
+        ax.set_ylabel("generations per second")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(out_dir / "bench-naive.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths

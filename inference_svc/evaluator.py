@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from hatchery.es import EsUpdater, NoiseKey, PopulationNoise, find_targets, perturbed
@@ -20,6 +22,7 @@ class Evaluator:
         self.updater = EsUpdater(self.targets, es.seed, es.rank, step_rule(es))
         self.applied_generation = 0
         self._noise: PopulationNoise | None = None
+        self.noise_seconds = 0.0  # building the last lease's factors; 0 when they were reused
 
     def apply(self, record: pb.UpdateRecord) -> None:
         if record.generation != self.applied_generation:
@@ -38,9 +41,11 @@ class Evaluator:
     def _population_noise(self, generation: int, pairs: list[int]) -> PopulationNoise:
         """Noise for the lease's pairs, regenerated only when epoch or pairs change."""
         key = NoiseKey(self.es.seed, generation // self.es.noise_reuse, self.es.rank)
+        started = time.perf_counter()
         if self._noise is None or self._noise.key != key or self._noise.pairs != pairs:
             self._noise = None  # free the old factors before building new ones
             self._noise = PopulationNoise(self.targets, key, pairs)
+        self.noise_seconds = time.perf_counter() - started
         return self._noise
 
     def evaluate(self, lease: pb.Lease) -> Completions:
@@ -49,6 +54,7 @@ class Evaluator:
             raise ValueError(f"lease for generation {lease.generation} but weights are at {self.applied_generation}")
         texts = [p.text for p in lease.prompts]
         s = lease.sampling
+        self.noise_seconds = 0.0
         if lease.kind == pb.LEASE_KIND_EVAL:
             return generate(self.lm, texts, s.max_new_tokens, s.temperature, s.chat_template)
         members = [m for m in range(lease.member_start, lease.member_end) for _ in texts]

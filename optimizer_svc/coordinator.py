@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -46,6 +46,9 @@ def _proto_prompts(prompts: list[TaskPrompt]) -> list[pb.Prompt]:
             for i, p in enumerate(prompts)]
 
 
+WORKER_TIME_SPLIT = ("generate", "reward", "update", "noise")  # the ReportResultRequest.*_seconds fields
+
+
 @dataclass
 class _Outstanding:
     lease: pb.Lease
@@ -71,6 +74,9 @@ class GenerationStats:
     update_norm: float
     prompts_with_spread: float  # share of prompts whose rewards differ across members
     failed_samples: int = 0  # samples whose reward came back not OK (see es.failed_samples)
+    # Where the time went, summed over the generation's accepted reports (worker seconds)
+    # and the optimizer's own update (shaping, log append, its weights, checkpoint).
+    time_split: dict[str, float] = field(default_factory=dict)
 
     @property
     def tokens_per_second(self) -> float:
@@ -166,6 +172,7 @@ class Coordinator:
         g, tr = self.generation, self.cfg.train
         self.gen_started = self.clock()
         self.gen_tokens = 0
+        self.gen_split = dict.fromkeys(WORKER_TIME_SPLIT, 0.0)
         self.pending: deque[pb.Lease] = deque()
         self.outstanding: dict[str, _Outstanding] = {}
         self.heldout: float | None = None
@@ -204,7 +211,7 @@ class Coordinator:
                 return response
             lease = self.pending.popleft()
             if self.train_started is None:
-                self.train_started = self.clock()
+                self.train_started = self.gen_started = self.clock()  # not counting the wait for a first worker
             self.outstanding[lease.lease_id] = _Outstanding(lease, self.clock() + lease.deadline_seconds)
             response.lease.CopyFrom(lease)
             return response
@@ -248,6 +255,8 @@ class Coordinator:
             del self.outstanding[req.lease_id]
             worker.leases_completed += 1
             self.gen_tokens += req.generated_tokens
+            for part in WORKER_TIME_SPLIT:
+                self.gen_split[part] += getattr(req, f"{part}_seconds")
             if not self.pending and not self.outstanding:
                 self._close_generation()
             else:
@@ -262,6 +271,7 @@ class Coordinator:
             self._finish()
             return
         es = self.cfg.es
+        started = self.clock()
         fitness = shape_fitness(self.rewards, es.shaping, es.failed_samples)
         record = pb.UpdateRecord(generation=self.generation, noise_epoch=self.generation // es.noise_reuse,
                                  lr=es.lr, sigma=es.sigma, fitness=fitness.tolist())
@@ -273,6 +283,7 @@ class Coordinator:
         if every and (self.generation + 1) % every == 0:
             self.checkpoint = write_checkpoint(self.checkpoint_dir, self.generation + 1, self.updater.state_dict(),
                                                self.updater.steps, self.cfg.train.checkpoints_kept)
+        self.gen_split["optimizer_update"] = self.clock() - started
         r = self.rewards
         spread = float(np.mean(np.nanmax(r, axis=0) > np.nanmin(r, axis=0))) if np.isfinite(r).any() else 0.0
         self._record_stats(float(np.nanmean(r)), float(np.nanmax(r)), float(np.nanstd(r)), norm, spread,
@@ -289,7 +300,7 @@ class Coordinator:
     def _record_stats(self, mean: float, best: float, std: float, norm: float, spread: float,
                       failed: int = 0) -> None:
         stats = GenerationStats(self.generation, mean, best, std, self.heldout, self.clock() - self.gen_started,
-                                self.gen_tokens, norm, spread, failed)
+                                self.gen_tokens, norm, spread, failed, self.gen_split)
         self.history.append(stats)
         self._metrics.write(stats.to_json(final=self.training_done) + "\n")
         self._metrics.flush()

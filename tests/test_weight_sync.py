@@ -5,23 +5,20 @@ real inference Worker talks to them, so the test can count every serialized
 message and tamper with the worker's weights.
 """
 
-import threading
-
 import grpc
 import pytest
 import torch
 
-import tiny
+from hatchery.bench_sync import loopback_run, run_sync_bench, run_to_end
 from hatchery.config import parse_config
 from hatchery.model import load_model
 from hatchery.serving import channel
+from hatchery.start import prepare_start
 from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import optimizer_pb2_grpc
-from inference_svc.server import Worker
 from optimizer_svc.coordinator import Coordinator
 from optimizer_svc.server import optimizer_server
 from reference import run_reference
-from reward_svc.server import reward_server
 
 GENERATIONS = 4
 
@@ -35,61 +32,24 @@ def _config(model_dir, run_dir):
                   "checkpoint_every": 2}})
 
 
-class ByteCounter(grpc.UnaryUnaryClientInterceptor):
-    """Serialized sizes of the optimizer traffic that carries a generation's work:
-    leases, update records and results (empty polls and the one-off Join aside)."""
-
-    def __init__(self):
-        self.bytes = 0
-        self.updates_received = 0
-
-    def intercept_unary_unary(self, continuation, details, request):
-        outcome = continuation(details, request)
-        response = outcome.result()
-        if details.method.endswith("/ReportResult"):
-            self.bytes += request.ByteSize() + response.ByteSize()
-        elif details.method.endswith("/GetWork") and (response.HasField("lease") or response.updates):
-            self.bytes += request.ByteSize() + response.ByteSize()
-            self.updates_received += len(response.updates)
-        return outcome
-
-
 def _train(model_dir, run_dir, tamper: bool = False):
     """One run with one in-process Worker; returns (coordinator, byte counter, worker)."""
-    cfg = _config(model_dir, run_dir)
-    coordinator = Coordinator(cfg, load_model(model_dir), run_dir)
-    optimizer, reward = optimizer_server(coordinator, model_dir), reward_server()
-    optimizer.start()
-    reward.start()
-    try:
-        worker = Worker("w", optimizer.address, reward.address)
-        counter = ByteCounter()
-        worker.optimizer = optimizer_pb2_grpc.OptimizerServiceStub(
-            grpc.intercept_channel(channel(optimizer.address), counter))
-        worker.join()
+    with loopback_run(_config(model_dir, run_dir)) as (coordinator, worker, counter):
         if tamper:
             with torch.no_grad():
                 worker.evaluator.targets[0].weight.mul_(1.5)
-        thread = threading.Thread(target=worker.run, args=(threading.Event(),), daemon=True)
-        thread.start()
-        assert coordinator.finished.wait(300), "the run did not finish"
-        thread.join(30)
-    finally:
-        optimizer.stop()
-        reward.stop()
+        run_to_end(coordinator, worker, timeout=300)
     return coordinator, counter, worker
 
 
-def test_traffic_per_generation_does_not_grow_with_the_model(tmp_path):
-    small = tiny.save("llama", tmp_path / "small")
-    large = tiny.save("llama", tmp_path / "large", width=2)
-    sizes = {name: sum(p.numel() for p in load_model(d).model.model.layers.parameters())
-             for name, d in (("small", small), ("large", large))}
-    assert sizes["large"] >= 3.9 * sizes["small"]
-    _, small_bytes, _ = _train(small, tmp_path / "run-small")
-    _, large_bytes, _ = _train(large, tmp_path / "run-large")
-    assert small_bytes.updates_received == GENERATIONS  # every update arrived as a record, never as weights
-    assert small_bytes.bytes == large_bytes.bytes > 0
+def test_traffic_per_generation_does_not_grow_with_the_model():
+    """`hatchery bench-sync` on two random Llamas, one four times the other."""
+    report = run_sync_bench(widths=(32, 64), smollm2=False, generations=GENERATIONS)
+    small, large = report["rows"]
+    assert large["parameters"] >= 3.9 * small["parameters"]
+    assert small["updates_received"] == large["updates_received"] == GENERATIONS  # records, never weights
+    assert small["bytes_per_generation"] == large["bytes_per_generation"] > 0
+    assert small["worker_update_seconds_median"] > 0 and large["optimizer_update_seconds_median"] > 0
 
 
 def test_a_tampered_worker_is_caught_resynced_and_changes_nothing(tiny_llama_dir, tmp_path):
@@ -106,7 +66,7 @@ def test_a_tampered_worker_is_caught_resynced_and_changes_nothing(tiny_llama_dir
 
 def test_fetch_checkpoint_of_an_unknown_generation_is_not_found(tiny_llama_dir, tmp_path):
     coordinator = Coordinator(_config(tiny_llama_dir, tmp_path / "run"), load_model(tiny_llama_dir), tmp_path / "run")
-    server = optimizer_server(coordinator, tiny_llama_dir)
+    server = optimizer_server(coordinator, prepare_start(coordinator.cfg, coordinator.run_dir))
     server.start()
     try:
         stub = optimizer_pb2_grpc.OptimizerServiceStub(channel(server.address))

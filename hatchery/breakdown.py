@@ -1,0 +1,29 @@
+"""`hatchery breakdown RUN_DIR`: where a run's training time went.
+
+Each training generation's wall time (first lease out to update done, on the
+optimizer's clock) is split into what the workers reported (generate: the
+inference forward passes; reward: waiting for scores; update: applying update
+records; noise: building perturbation factors), the optimizer's own update, and
+the rest: RPCs and waiting. With one worker the parts add up to the wall time;
+with several, worker seconds overlap and the rest can go negative.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+PARTS = ("generate", "reward", "update", "noise", "optimizer_update")
+
+
+def time_breakdown(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    train = [r for r in rows if r["reward_mean"] is not None and r.get("time_split")]
+    if not train:
+        raise ValueError(f"{path} holds no training generation with a time split")
+    wall = sum(r["seconds"] for r in train)
+    seconds = {part: sum(r["time_split"].get(part, 0.0) for r in train) for part in PARTS}
+    seconds["rpc_and_waiting"] = wall - sum(seconds.values())
+    return {"run_dir": str(run_dir), "generations": len(train), "wall_seconds": wall, "seconds": seconds,
+            "fraction_of_wall": {part: s / wall for part, s in seconds.items()}}
