@@ -3,13 +3,14 @@
 Two measurements, each on one model in one process, every row generating exactly
 `new_tokens` tokens so that times compare like with like:
 
-- throughput: one batch of `batch` rows (one member and one prompt per row)
-  generated unperturbed and as an EGGROLL population, back to back in
+- throughput: one batch of `batch` rows (members x prompts per member, laid out
+  as a worker lays out a lease) generated unperturbed and as an EGGROLL
+  population, back to back in
   alternating order; the ratio is the median of the per-pair ratios, since on a
   shared machine the load drifts between pairs far more than within one;
 - naive: a population evaluated as Qiu et al. and OpenES do it (each member's
-  full-rank W + sigma E written into the weights in place, its rows generated
-  alone, the weights restored) against EGGROLL evaluating the same population
+  full-rank W + sigma E written into the weights in place, its prompts generated
+  as one batch, the weights restored) against EGGROLL evaluating the same population
   in one batch, noise generation included on both sides: generations per second.
 """
 
@@ -22,65 +23,88 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 from hatchery.es import NoiseKey, PopulationNoise, find_targets, materialised_member, perturbed
-from hatchery.model import EMBEDDED, LoadedModel, load_model, resolve_model
+from hatchery.model import DTYPES, EMBEDDED, LoadedModel, load_model, load_tokenizer, resolve_model
 from hatchery.tasks import arith
 
 SIGMA = 3e-3
-BENCH_MODELS = ("tiny", "smollm2")
+# Random weights in the shapes of Qwen2.5-0.5B and -1.5B (throughput needs no trained weights), for GPU runs.
+QWEN_SHAPES = {
+    "qwen2.5-0.5b-shape": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14),
+    "qwen2.5-1.5b-shape": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12),
+}
+BENCH_MODELS = ("tiny", "smollm2", *QWEN_SHAPES)
 
 
-def tiny_model(tokenizer, dtype: torch.dtype = torch.float32) -> LoadedModel:
+def tiny_model(tokenizer, dtype: torch.dtype = torch.float32, hidden: int = 256) -> LoadedModel:
     """A randomly initialised 4-layer Llama with SmolLM2's tokenizer: throughput needs no trained weights."""
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=int(hidden * 2.6875),
+                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return LoadedModel(model.eval().requires_grad_(False), tokenizer)
 
 
-def _load(name: str, dtype: str) -> LoadedModel:
-    if name not in BENCH_MODELS:
-        raise ValueError(f"unknown bench model {name!r}; choose from {list(BENCH_MODELS)}")
-    smollm2 = load_model(resolve_model(EMBEDDED), dtype)
-    return smollm2 if name == "smollm2" else tiny_model(smollm2.tokenizer, smollm2.model.dtype)
+def qwen_shape(name: str, tokenizer, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Random weights in one of QWEN_SHAPES."""
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=151_936, num_key_value_heads=2, tie_word_embeddings=True,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **QWEN_SHAPES[name])
+    return LoadedModel(AutoModelForCausalLM.from_config(config, dtype=dtype).eval().requires_grad_(False), tokenizer)
+
+
+def _load(name: str, dtype: str, device: str, tokenizer: str | None) -> LoadedModel:
+    """The model on `device`. The random ones take `tokenizer` (a folder; default SmolLM2's,
+    whose ids fit every vocabulary here), so a GPU machine needs no model package."""
+    if name == "smollm2":
+        lm = load_model(resolve_model(EMBEDDED), dtype)
+    else:
+        tok = load_tokenizer(tokenizer or resolve_model(EMBEDDED))
+        lm = tiny_model(tok, DTYPES[dtype]) if name == "tiny" else qwen_shape(name, tok, DTYPES[dtype])
+    lm.model.to(device)
+    return lm
 
 
 class _Workload:
-    """`rows` chat-formatted arithmetic prompts, as one batch and one by one."""
+    """`members` x `prompts` chat-formatted arithmetic rows, member-major as a worker
+    lays out a lease: every member answers the same prompts."""
 
-    def __init__(self, lm: LoadedModel, rows: int, new_tokens: int):
-        self.lm, self.new_tokens = lm, new_tokens
+    def __init__(self, lm: LoadedModel, members: int, prompts: int, new_tokens: int):
+        self.lm, self.members, self.new_tokens = lm, members, new_tokens
         tok = lm.tokenizer
         texts = [tok.apply_chat_template([{"role": "user", "content": p.text}], tokenize=False,
-                                         add_generation_prompt=True) for p in (arith(0, 64).train * 8)[:rows]]
-        self.batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        self.single = [tok([t], return_tensors="pt", add_special_tokens=False) for t in texts]
+                                         add_generation_prompt=True) for p in arith(0, 64).train[:prompts]]
+        device = lm.model.device
+        self.batch = tok(texts * members, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        self.one_member = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        self.rows = [m for m in range(members) for _ in texts]
         self.targets = find_targets(lm.model)
 
     def generate(self, enc: dict) -> None:
         self.lm.model.generate(**enc, max_new_tokens=self.new_tokens, min_new_tokens=self.new_tokens,
                                do_sample=False, pad_token_id=self.lm.tokenizer.pad_token_id)
 
-    def noise(self, rows: int, rank: int) -> PopulationNoise:
-        return PopulationNoise(self.targets, NoiseKey(seed=0, epoch=0, rank=rank), range(rows // 2))
+    def noise(self, rank: int) -> PopulationNoise:
+        return PopulationNoise(self.targets, NoiseKey(seed=0, epoch=0, rank=rank), range(self.members // 2))
 
     def eggroll(self, noise: PopulationNoise) -> None:
-        with perturbed(self.targets, noise, list(range(len(self.single))), SIGMA):
+        with perturbed(self.targets, noise, self.rows, SIGMA):
             self.generate(self.batch)
 
     def naive(self) -> None:
-        for member, enc in enumerate(self.single):
+        for member in range(self.members):
             with materialised_member(self.targets, 0, 0, member, SIGMA, rank=None):
-                self.generate(enc)
+                self.generate(self.one_member)
 
 
 def _timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # kernels are asynchronous: wait for them to finish
     return time.perf_counter() - start
 
 
@@ -99,16 +123,16 @@ def _alternating(first: Callable[[], object], second: Callable[[], object], repe
 
 
 @torch.inference_mode()
-def throughput_row(lm: LoadedModel, batch: int, rank: int, new_tokens: int, repeats: int) -> dict:
-    work = _Workload(lm, batch, new_tokens)
-    noise_seconds = _timed(lambda: work.noise(batch, rank))
-    noise = work.noise(batch, rank)
+def throughput_row(lm: LoadedModel, batch: int, prompts: int, rank: int, new_tokens: int, repeats: int) -> dict:
+    work = _Workload(lm, batch // prompts, prompts, new_tokens)
+    noise_seconds = _timed(lambda: work.noise(rank))
+    noise = work.noise(rank)
     work.generate(work.batch)  # warm-up
     pairs = _alternating(lambda: work.generate(work.batch), lambda: work.eggroll(noise), repeats)
     plain, eggroll = [p for p, _ in pairs], [e for _, e in pairs]
     tokens = batch * new_tokens
     return {
-        "batch": batch, "rank": rank, "new_tokens_per_row": new_tokens,
+        "batch": batch, "prompts_per_member": prompts, "rank": rank, "new_tokens_per_row": new_tokens,
         "seconds": {"unperturbed": plain, "eggroll": eggroll},
         "tokens_per_second": {"unperturbed": tokens / statistics.median(plain),
                               "eggroll": tokens / statistics.median(eggroll)},
@@ -118,13 +142,14 @@ def throughput_row(lm: LoadedModel, batch: int, rank: int, new_tokens: int, repe
 
 
 @torch.inference_mode()
-def naive_row(lm: LoadedModel, population: int, rank: int, new_tokens: int, repeats: int) -> dict:
-    work = _Workload(lm, population, new_tokens)
+def naive_row(lm: LoadedModel, population: int, prompts: int, rank: int, new_tokens: int, repeats: int) -> dict:
+    work = _Workload(lm, population, prompts, new_tokens)
     work.generate(work.batch)  # warm-up
-    pairs = _alternating(work.naive, lambda: work.eggroll(work.noise(population, rank)), repeats)
+    pairs = _alternating(work.naive, lambda: work.eggroll(work.noise(rank)), repeats)
     naive, eggroll = [n for n, _ in pairs], [e for _, e in pairs]
     return {
-        "population": population, "eggroll_rank": rank, "new_tokens_per_row": new_tokens,
+        "population": population, "prompts_per_member": prompts, "eggroll_rank": rank,
+        "new_tokens_per_row": new_tokens,
         "seconds": {"naive": naive, "eggroll": eggroll},
         "generations_per_second": {"naive": 1 / statistics.median(naive), "eggroll": 1 / statistics.median(eggroll)},
         "eggroll_speedup_over_naive": statistics.median(n / e for n, e in pairs),
@@ -132,22 +157,31 @@ def naive_row(lm: LoadedModel, population: int, rank: int, new_tokens: int, repe
 
 
 def run_bench(models: Sequence[str], dtypes: Sequence[str], batches: Sequence[int], ranks: Sequence[int],
-              naive_populations: Sequence[int], new_tokens: int, repeats: int, naive_repeats: int) -> dict:
+              naive_populations: Sequence[int], new_tokens: int, repeats: int, naive_repeats: int,
+              prompts_per_member: Sequence[int] = (1,), device: str = "cpu", tokenizer: str | None = None) -> dict:
+    """Every combination of model, dtype, prompts per member, batch and rank; batch = members x prompts."""
     for name in models:
         if name not in BENCH_MODELS:
             raise ValueError(f"unknown bench model {name!r}; choose from {list(BENCH_MODELS)}")
-    for n in (*batches, *naive_populations):
-        if n < 2 or n % 2:
-            raise ValueError(f"batch sizes and populations must be even and >= 2 (antithetic pairs), got {n}")
+    for prompts in prompts_per_member:
+        for n in (*(b // prompts for b in batches if b % prompts == 0), *naive_populations):
+            if n < 2 or n % 2:
+                raise ValueError(f"populations must be even and >= 2 (antithetic pairs), got {n}")
+        if any(b % prompts for b in batches):
+            raise ValueError(f"every batch must be a multiple of prompts per member ({prompts}), got {list(batches)}")
     throughput, naive = [], []
     for name in models:
         for dtype in dtypes:
-            lm = _load(name, dtype)
+            lm = _load(name, dtype, device, tokenizer)
             case = {"model": name, "dtype": dtype}
-            throughput += [{**case, **throughput_row(lm, b, r, new_tokens, repeats)} for b in batches for r in ranks]
-            naive += [{**case, **naive_row(lm, p, min(ranks), new_tokens, naive_repeats)} for p in naive_populations]
+            for prompts in prompts_per_member:
+                throughput += [{**case, **throughput_row(lm, b, prompts, r, new_tokens, repeats)}
+                               for b in batches for r in ranks]
+                naive += [{**case, **naive_row(lm, n, prompts, min(ranks), new_tokens, naive_repeats)}
+                          for n in naive_populations]
+    gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") else None
     return {"machine": {"cpu_threads": torch.get_num_threads(), "processor": platform.processor(),
-                        "machine": platform.machine(), "torch": torch.__version__},
+                        "machine": platform.machine(), "torch": torch.__version__, "device": device, "gpu": gpu},
             "date": time.strftime("%Y-%m-%d"), "sigma": SIGMA, "throughput": throughput, "naive": naive}
 
 
@@ -157,19 +191,23 @@ def plot_bench(report: dict, out_dir: Path) -> list[Path]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    cases = sorted({(r["model"], r["dtype"]) for r in report["throughput"]})
+
+    def case(row: dict) -> tuple:
+        return row["model"], row["dtype"], row["prompts_per_member"]
+
+    cases = sorted({case(r) for r in report["throughput"]})
     if cases:
         fig, axes = plt.subplots(1, len(cases), figsize=(4.5 * len(cases), 3.6), squeeze=False)
-        for ax, (model, dtype) in zip(axes[0], cases):
-            rows = [r for r in report["throughput"] if (r["model"], r["dtype"]) == (model, dtype)]
+        for ax, (model, dtype, prompts) in zip(axes[0], cases):
+            rows = [r for r in report["throughput"] if case(r) == (model, dtype, prompts)]
             for rank in sorted({r["rank"] for r in rows}):
                 line = sorted((r["batch"], r["eggroll_over_unperturbed_throughput"]) for r in rows if r["rank"] == rank)
                 ax.plot(*zip(*line), "o-", label=f"rank {rank}")
             ax.axhline(0.95, color="grey", linestyle="--", linewidth=1)
             ax.set_xscale("log", base=2)
             ax.set_ylim(0.6, 1.15)
-            ax.set_title(f"{model} {dtype}")
-            ax.set_xlabel("batch (members, one prompt each)")
+            ax.set_title(f"{model} {dtype}, {prompts} prompt(s) per member", fontsize=9)
+            ax.set_xlabel("batch (rows)")
             ax.set_ylabel("EGGROLL / unperturbed throughput")
             ax.grid(alpha=0.3)
             ax.legend()
@@ -179,15 +217,15 @@ def plot_bench(report: dict, out_dir: Path) -> list[Path]:
         plt.close(fig)
     if report["naive"]:
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        for model, dtype in sorted({(r["model"], r["dtype"]) for r in report["naive"]}):
-            rows = sorted((r for r in report["naive"] if (r["model"], r["dtype"]) == (model, dtype)),
+        for model, dtype, prompts in sorted({case(r) for r in report["naive"]}):
+            rows = sorted((r for r in report["naive"] if case(r) == (model, dtype, prompts)),
                           key=lambda r: r["population"])
             for kind, style in (("eggroll", "o-"), ("naive", "s--")):
                 ax.plot([r["population"] for r in rows], [r["generations_per_second"][kind] for r in rows], style,
-                        label=f"{kind} ({model} {dtype})")
+                        label=f"{kind} ({model} {dtype}, P={prompts})")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel("population (one prompt per member)")
+        ax.set_xlabel("population")
         ax.set_ylabel("generations per second")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)

@@ -17,9 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
 
+from hatchery.bench import tiny_model
 from hatchery.config import RunConfig, parse_config
 from hatchery.model import EMBEDDED, load_model, resolve_model
 from hatchery.serving import channel
@@ -82,12 +81,8 @@ def run_to_end(coordinator: Coordinator, worker: Worker, timeout: float = 600.0)
     thread.join(30)
 
 
-def _random_llama(tokenizer, width: int, folder: Path) -> Path:
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=int(width * 2.6875),
-                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+def _random_llama(tokenizer, hidden: int, folder: Path) -> Path:
+    tiny_model(tokenizer, hidden=hidden).model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

@@ -98,9 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tls_flags(st)
 
     bench = sub.add_parser("bench", help="EGGROLL vs unperturbed vs naive ES generation throughput (JSON, plots)")
-    bench.add_argument("--models", default="tiny,smollm2", help="comma-separated: tiny, smollm2")
+    bench.add_argument("--models", default="tiny,smollm2",
+                       help="comma-separated: tiny, smollm2, qwen2.5-0.5b-shape, qwen2.5-1.5b-shape (random weights)")
+    bench.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    bench.add_argument("--tokenizer", default=None, help="tokenizer folder for the random models (default: SmolLM2's)")
     bench.add_argument("--dtypes", default="float32", help="comma-separated: float32, bfloat16")
-    bench.add_argument("--batches", default="8,32,128", help="rows per batch, one member and prompt per row")
+    bench.add_argument("--batches", default="8,32,128", help="rows per batch: members x prompts per member")
+    bench.add_argument("--prompts-per-member", default="1,4", help="comma-separated; 4 is a run's default")
     bench.add_argument("--ranks", default="1,2,4,8")
     bench.add_argument("--naive-populations", default="8,16,32,64",
                        help="populations at which naive full-rank ES is compared with EGGROLL (lowest rank)")
@@ -122,6 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--no-smollm2", action="store_true", help="leave the embedded SmolLM2 out")
     sync.add_argument("--generations", type=int, default=4)
     sync.add_argument("--out", default=None, help="also write the JSON here")
+
+    grpo = sub.add_parser("bench-grpo", help="the GRPO baseline (TRL GRPOTrainer) on a task, held-out reward "
+                                             "against training time (JSON lines; needs hatchery[grpo])")
+    grpo.add_argument("--out", required=True, help="JSON lines, one per held-out evaluation")
+    grpo.add_argument("--model", default="embedded:smollm2-135m-instruct", help="a local Hugging Face folder")
+    grpo.add_argument("--task", default="arith")
+    grpo.add_argument("--seed", type=int, default=0)
+    grpo.add_argument("--heldout-size", type=int, default=64)
+    grpo.add_argument("--budget-seconds", type=float, default=720.0, help="of training time, evaluations excluded")
+    grpo.add_argument("--max-steps", type=int, default=10_000)
+    grpo.add_argument("--lr", type=float, default=1e-5)
+    grpo.add_argument("--eval-every", type=int, default=2, help="steps between held-out evaluations")
+    grpo.add_argument("--compare-with", default=None,
+                      help="a Hatchery run dir or its metrics.jsonl: plot its held-out curve too")
+    grpo.add_argument("--plot", default=None, help="PNG of held-out reward against training time")
 
     brk = sub.add_parser("breakdown", help="where a run's training time went, from its metrics.jsonl (JSON)")
     brk.add_argument("run_dir", help="the run directory")
@@ -228,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         from hatchery.bench import plot_bench, run_bench
 
         report = run_bench(args.models.split(","), args.dtypes.split(","), _ints(args.batches), _ints(args.ranks),
-                           _ints(args.naive_populations), args.new_tokens, args.repeats, args.naive_repeats)
+                           _ints(args.naive_populations), args.new_tokens, args.repeats, args.naive_repeats,
+                           _ints(args.prompts_per_member), args.device, args.tokenizer)
         if args.plots:
             plot_bench(report, Path(args.plots))
         return _print_json(report, args.out)
@@ -237,6 +257,19 @@ def main(argv: list[str] | None = None) -> int:
 
         _quiet_libraries()
         return _print_json(run_sync_bench(tuple(_ints(args.widths)), not args.no_smollm2, args.generations), args.out)
+    if args.command == "bench-grpo":
+        from hatchery.grpo_baseline import run_grpo
+        from hatchery.plot import es_heldout_curve, plot_heldout_against_time
+
+        rows = run_grpo(Path(args.out), args.model, args.task, args.seed, args.heldout_size, args.budget_seconds,
+                        args.max_steps, args.lr, eval_every=args.eval_every)
+        if args.plot:
+            curves = {"GRPO (TRL)": [(r["seconds"], r["heldout_reward"], r["stderr"]) for r in rows]}
+            if args.compare_with:
+                metrics = Path(args.compare_with)
+                curves["Hatchery ES"] = es_heldout_curve(metrics / "metrics.jsonl" if metrics.is_dir() else metrics)
+            plot_heldout_against_time(curves, Path(args.plot), f"{args.task}: held-out reward")
+        return 0
     if args.command == "breakdown":
         from hatchery.breakdown import time_breakdown
 

@@ -45,11 +45,14 @@ def heldout_reward(model: str, task_name: str = "arith", seed: int = 0, heldout_
         with tempfile.TemporaryDirectory(prefix="hatchery-eval-") as tmp:
             with loopback_service(["reward"], Path(tmp), "reward") as address:
                 rewards, statuses = _score(address, grader or task.grader, samples)
+    return {"model": model, "task": task_name, "seed": seed, "prompts": len(samples), **summary(rewards, statuses)}
+
+
+def summary(rewards: list[float], statuses: list[int]) -> dict:
+    """Mean held-out reward of the samples scored OK, with its standard error."""
     ok = [r for r, s in zip(rewards, statuses) if s == pb.SCORE_STATUS_OK]
-    mean = statistics.fmean(ok) if ok else math.nan
-    stderr = statistics.stdev(ok) / math.sqrt(len(ok)) if len(ok) > 1 else math.nan
-    return {"model": model, "task": task_name, "seed": seed, "prompts": len(samples), "scored": len(ok),
-            "heldout_reward": mean, "stderr": stderr,
+    return {"scored": len(ok), "heldout_reward": statistics.fmean(ok) if ok else math.nan,
+            "stderr": statistics.stdev(ok) / math.sqrt(len(ok)) if len(ok) > 1 else math.nan,
             "statuses": {pb.ScoreStatus.Name(s): n for s, n in Counter(statuses).items()}}
 
 

@@ -65,11 +65,17 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
 
 
-def load_model(path: Path | str, dtype: str = "float32") -> LoadedModel:
+def load_tokenizer(path: Path | str) -> PreTrainedTokenizerBase:
+    """Left padding (rows of a batch end together, as generate() needs), and a pad token."""
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: Path | str, dtype: str = "float32") -> LoadedModel:
+    tokenizer = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
     model.eval()
     model.requires_grad_(False)

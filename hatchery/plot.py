@@ -29,3 +29,35 @@ def plot_rewards(metrics_path: Path, out: Path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
+
+
+def es_heldout_curve(metrics_path: Path) -> list[tuple[float, float]]:
+    """(training seconds, held-out reward) of a run: each evaluation is taken before
+    its generation trains, so it sits at the time the earlier generations took."""
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    curve, elapsed = [], 0.0
+    for r in rows:
+        if r["heldout_reward"] is not None:
+            curve.append((elapsed, r["heldout_reward"]))
+        if r["reward_mean"] is not None:
+            elapsed += r["seconds"]
+    return curve
+
+
+def plot_heldout_against_time(curves: dict[str, list[tuple]], out: Path, title: str = "") -> None:
+    """One line per run; a third value in a point, when given, is a standard error bar."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, points in curves.items():
+        xs = [p[0] / 60 for p in points]
+        ys = [p[1] for p in points]
+        errors = [p[2] for p in points] if points and len(points[0]) > 2 else None
+        ax.errorbar(xs, ys, yerr=errors, fmt="o-", capsize=2, markersize=3, label=label)
+    ax.set_xlabel("training wall time (minutes)")
+    ax.set_ylabel("held-out reward")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)

@@ -5,8 +5,10 @@ proves here that the packaged model converts and loads without a network.
 """
 
 import pytest
+import torch
 
-from hatchery.bench import plot_bench, run_bench
+import tiny
+from hatchery.bench import QWEN_SHAPES, plot_bench, qwen_shape, run_bench
 from hatchery.bench_reward import run_reward_bench
 from hatchery.bench_sync import loopback_run, run_to_end
 from hatchery.breakdown import time_breakdown
@@ -15,17 +17,18 @@ from hatchery.config import parse_config
 
 def test_bench_reports_each_ratio_from_its_own_timings(tmp_path):
     report = run_bench(["tiny"], ["float32"], batches=[4], ranks=[1, 2], naive_populations=[4], new_tokens=2,
-                       repeats=3, naive_repeats=1)
-    assert [(r["batch"], r["rank"], r["model"], r["dtype"]) for r in report["throughput"]] == [
-        (4, 1, "tiny", "float32"), (4, 2, "tiny", "float32")]
+                       repeats=3, naive_repeats=1, prompts_per_member=[1, 2])
+    assert [(r["batch"], r["prompts_per_member"], r["rank"], r["model"]) for r in report["throughput"]] == [
+        (4, 1, 1, "tiny"), (4, 1, 2, "tiny"), (4, 2, 1, "tiny"), (4, 2, 2, "tiny")]
     for row in report["throughput"]:
         plain, eggroll = row["seconds"]["unperturbed"], row["seconds"]["eggroll"]
         assert len(plain) == len(eggroll) == 3 and row["noise_seconds"] > 0
         ratios = sorted(p / e for p, e in zip(plain, eggroll))
         assert row["eggroll_over_unperturbed_throughput"] == pytest.approx(ratios[1])
         assert row["tokens_per_second"]["eggroll"] == pytest.approx(4 * 2 / sorted(eggroll)[1])
-    (naive,) = report["naive"]
-    assert naive["population"] == 4 and naive["eggroll_rank"] == 1
+    naive = report["naive"][0]
+    assert [(r["population"], r["prompts_per_member"]) for r in report["naive"]] == [(4, 1), (4, 2)]
+    assert naive["eggroll_rank"] == 1
     assert naive["eggroll_speedup_over_naive"] == pytest.approx(naive["seconds"]["naive"][0] /
                                                                 naive["seconds"]["eggroll"][0])
     assert report["machine"]["torch"]
@@ -38,7 +41,11 @@ def test_bench_refuses_an_unknown_model_and_odd_populations():
     with pytest.raises(ValueError, match="unknown bench model"):
         run_bench(["gpt5"], ["float32"], [4], [1], [], new_tokens=2, repeats=1, naive_repeats=1)
     with pytest.raises(ValueError, match="must be even"):
-        run_bench(["tiny"], ["float32"], [5], [1], [], new_tokens=2, repeats=1, naive_repeats=1)
+        run_bench(["tiny"], ["float32"], [6], [1], [], new_tokens=2, repeats=1, naive_repeats=1,
+                  prompts_per_member=[2])
+    with pytest.raises(ValueError, match="multiple of prompts per member"):
+        run_bench(["tiny"], ["float32"], [6], [1], [], new_tokens=2, repeats=1, naive_repeats=1,
+                  prompts_per_member=[4])
 
 
 def test_reward_bench_measures_grpc_against_in_process_side_by_side():
@@ -64,3 +71,12 @@ def test_breakdown_splits_a_runs_wall_time_into_what_the_services_reported(tiny_
     assert all(seconds[part] > 0 for part in ("generate", "reward", "noise", "optimizer_update"))
     assert seconds["rpc_and_waiting"] >= 0  # one worker: its parts fit inside the wall time
     assert sum(report["fraction_of_wall"].values()) == pytest.approx(1.0)
+
+
+def test_the_gpu_models_have_the_shapes_they_are_named_after():
+    """Counted on the meta device: the shapes, not the weights, are what the GPU figures rest on."""
+    tokenizer = tiny.tokenizer()
+    with torch.device("meta"):
+        sizes = {name: sum(p.numel() for p in qwen_shape(name, tokenizer).model.parameters()) for name in QWEN_SHAPES}
+    assert sizes["qwen2.5-0.5b-shape"] == pytest.approx(494e6, rel=0.01)  # Qwen2.5-0.5B: 0.49B parameters
+    assert sizes["qwen2.5-1.5b-shape"] == pytest.approx(1.54e9, rel=0.01)  # Qwen2.5-1.5B: 1.54B parameters

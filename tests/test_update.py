@@ -34,6 +34,16 @@ def test_update_equals_explicit_sum_of_member_noise():
             torch.testing.assert_close(t.logical_weight(), expected, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("rule", [StepRule("sgd"), StepRule("sgd", weight_decay=0.1), StepRule("adam")])
+def test_the_reported_norm_is_the_norm_of_the_weight_change(rule):
+    model = tiny.model("llama", len(tiny.tokenizer()))
+    targets = find_targets(model)
+    before = [t.logical_weight().double().clone() for t in targets]
+    norm = EsUpdater(targets, 1, 3, rule).apply(0, 0.02, [0.5, -1.0, 2.0, 0.3])
+    change = sum(float((t.logical_weight().double() - w).pow(2).sum()) for t, w in zip(targets, before)) ** 0.5
+    assert norm == pytest.approx(change, rel=1e-4)
+
+
 @pytest.mark.parametrize("fitness", [np.zeros(8), np.full(8, 3.0)])
 def test_zero_or_constant_rewards_give_zero_update(fitness):
     tok = tiny.tokenizer()

@@ -37,7 +37,7 @@ def materialised_member(targets: Sequence[Target], seed: int, epoch: int, member
         with torch.no_grad():
             for t in targets:
                 e = member_noise(t, seed, epoch, member, rank)
-                t.weight.add_(t.to_stored(sigma * e).to(t.weight.dtype))
+                t.weight.add_(t.to_stored(sigma * e).to(t.weight.device, t.weight.dtype))
         yield
     finally:
         with torch.no_grad():

@@ -29,20 +29,35 @@ class StepRule:
     weight_decay: float = 0.0
 
 
-def es_gradient(target: Target, seed: int, epoch: int, rank: int, fitness: Sequence[float]) -> torch.Tensor:
-    """(1/N) sum_i f_i E_i for one matrix, logical (out x in), float32 on CPU."""
+def gradient_factors(target: Target, seed: int, epoch: int, rank: int,
+                     fitness: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(G, B) with G @ B^T = (1/N) sum_i f_i E_i for one matrix (float32, CPU), the
+    coefficients folded into G; None when every pair's coefficient is 0."""
     f = np.asarray(fitness, dtype=np.float64)
-    n = len(f)
     pair_coeff = f[0::2] - f[1::2]
     live = np.flatnonzero(pair_coeff)
     if len(live) == 0:
-        return torch.zeros(target.out_features, target.in_features)
+        return None
     factors = [low_rank_factors(seed, epoch, int(k), target.name, target.out_features, target.in_features, rank)
                for k in live]
     a = torch.cat([a for a, _ in factors], dim=1)  # (out, K r)
     b = torch.cat([b for _, b in factors], dim=1)  # (in, K r)
-    c = torch.tensor(np.repeat(pair_coeff[live], rank) * rank_scale(rank) / n, dtype=torch.float32)
-    return (a * c) @ b.t()
+    c = torch.tensor(np.repeat(pair_coeff[live], rank) * rank_scale(rank) / len(f), dtype=torch.float32)
+    return a * c, b
+
+
+def es_gradient(target: Target, seed: int, epoch: int, rank: int, fitness: Sequence[float]) -> torch.Tensor:
+    """(1/N) sum_i f_i E_i for one matrix, logical (out x in), float32 on CPU."""
+    factors = gradient_factors(target, seed, epoch, rank, fitness)
+    if factors is None:
+        return torch.zeros(target.out_features, target.in_features)
+    g, b = factors
+    return g @ b.t()
+
+
+def low_rank_norm_sq(g: torch.Tensor, b: torch.Tensor) -> float:
+    """||G B^T||_F^2 from the two small Gram matrices, without forming G B^T."""
+    return float(((g.double().t() @ g.double()) * (b.double().t() @ b.double())).sum())
 
 
 class EsUpdater:
@@ -63,13 +78,22 @@ class EsUpdater:
         """One step; returns the update's global L2 norm."""
         self.steps += 1
         norm_sq = 0.0
+        plain_sgd = self.rule.optimizer == "sgd" and not self.rule.weight_decay
         for t in self.targets:
-            step = self._step(t.name, es_gradient(t, self.seed, epoch, self.rank, fitness), lr)
             w = self.master[t.name]
-            if self.rule.weight_decay:
-                step = step - lr * self.rule.weight_decay * w
-            w.add_(step)
-            norm_sq += float(step.double().pow(2).sum())
+            if plain_sgd:  # the step is low rank: added in place by one addmm, never formed
+                factors = gradient_factors(t, self.seed, epoch, self.rank, fitness)
+                if factors is None:
+                    continue
+                g, b = factors
+                w.addmm_(g, b.t(), alpha=lr)
+                norm_sq += lr * lr * low_rank_norm_sq(g, b)
+            else:
+                step = self._step(t.name, es_gradient(t, self.seed, epoch, self.rank, fitness), lr)
+                if self.rule.weight_decay:
+                    step = step - lr * self.rule.weight_decay * w
+                w.add_(step)
+                norm_sq += float(step.double().pow(2).sum())
             self._store(t)
         return norm_sq ** 0.5
 

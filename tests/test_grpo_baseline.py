@@ -1,0 +1,30 @@
+"""The GRPO baseline runs TRL's real GRPOTrainer (a tiny model, two steps) and keeps
+held-out evaluation off its training clock; its curve plots next to a run's."""
+
+import json
+
+from hatchery.grpo_baseline import run_grpo
+from hatchery.plot import es_heldout_curve, plot_heldout_against_time
+
+
+def test_grpo_baseline_logs_heldout_reward_against_training_time(tiny_llama_dir, tmp_path):
+    rows = run_grpo(tmp_path / "grpo.jsonl", model=str(tiny_llama_dir), heldout_size=4, max_steps=2,
+                    completions_per_step=4, generations=2, eval_every=1)
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert rows[0]["seconds"] == 0 and rows[0]["seconds"] < rows[1]["seconds"] < rows[2]["seconds"]
+    assert all(r["scored"] == 4 and 0 <= r["heldout_reward"] <= 1 for r in rows)
+
+
+def test_stopping_on_the_budget_and_plotting_both_curves(tiny_llama_dir, tmp_path):
+    rows = run_grpo(tmp_path / "grpo.jsonl", model=str(tiny_llama_dir), heldout_size=4, budget_seconds=0.01,
+                    completions_per_step=4, generations=2, eval_every=100)
+    assert [r["step"] for r in rows] == [0, 1]  # the first step spends the budget; it is evaluated and training stops
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in (
+        {"heldout_reward": 0.25, "reward_mean": 0.1, "seconds": 7.0},
+        {"heldout_reward": None, "reward_mean": 0.2, "seconds": 8.0},
+        {"heldout_reward": 0.5, "reward_mean": None, "seconds": 3.0})))
+    assert es_heldout_curve(metrics) == [(0.0, 0.25), (15.0, 0.5)]
+    plot_heldout_against_time({"GRPO": [(r["seconds"], r["heldout_reward"], r["stderr"]) for r in rows],
+                               "ES": es_heldout_curve(metrics)}, tmp_path / "compare.png")
+    assert (tmp_path / "compare.png").read_bytes().startswith(b"\x89PNG")
