@@ -197,8 +197,12 @@ def plot_bench(report: dict, out_dir: Path) -> list[Path]:
 
     cases = sorted({case(r) for r in report["throughput"]})
     if cases:
-        fig, axes = plt.subplots(1, len(cases), figsize=(4.5 * len(cases), 3.6), squeeze=False)
-        for ax, (model, dtype, prompts) in zip(axes[0], cases):
+        cols = min(4, len(cases))
+        grid_rows = -(-len(cases) // cols)
+        fig, axes = plt.subplots(grid_rows, cols, figsize=(4.5 * cols, 3.6 * grid_rows), squeeze=False)
+        for ax in axes.flat[len(cases):]:
+            ax.set_visible(False)
+        for ax, (model, dtype, prompts) in zip(axes.flat, cases):
             rows = [r for r in report["throughput"] if case(r) == (model, dtype, prompts)]
             for rank in sorted({r["rank"] for r in rows}):
                 line = sorted((r["batch"], r["eggroll_over_unperturbed_throughput"]) for r in rows if r["rank"] == rank)
