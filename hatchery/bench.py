@@ -5,13 +5,14 @@ Two measurements, each on one model in one process, every row generating exactly
 
 - throughput: one batch of `batch` rows (members x prompts per member, laid out
   as a worker lays out a lease) generated unperturbed and as an EGGROLL
-  population, back to back in
-  alternating order; the ratio is the median of the per-pair ratios, since on a
-  shared machine the load drifts between pairs far more than within one;
+  population, back to back in alternating order; the ratio is the median of the
+  per-pair ratios, since on a shared machine the load drifts between pairs far
+  more than within one;
 - naive: a population evaluated as Qiu et al. and OpenES do it (each member's
   full-rank W + sigma E written into the weights in place, its prompts generated
-  as one batch, the weights restored) against EGGROLL evaluating the same population
-  in one batch, noise generation included on both sides: generations per second.
+  as one batch, the weights restored) against EGGROLL evaluating the same
+  population in one batch, noise generation included on both sides:
+  generations per second.
 """
 
 from __future__ import annotations
