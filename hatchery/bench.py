@@ -165,11 +165,11 @@ def run_bench(models: Sequence[str], dtypes: Sequence[str], batches: Sequence[in
         if name not in BENCH_MODELS:
             raise ValueError(f"unknown bench model {name!r}; choose from {list(BENCH_MODELS)}")
     for prompts in prompts_per_member:
-        for n in (*(b // prompts for b in batches if b % prompts == 0), *naive_populations):
-            if n < 2 or n % 2:
-                raise ValueError(f"populations must be even and >= 2 (antithetic pairs), got {n}")
         if any(b % prompts for b in batches):
             raise ValueError(f"every batch must be a multiple of prompts per member ({prompts}), got {list(batches)}")
+        for n in (*(b // prompts for b in batches), *naive_populations):
+            if n < 2 or n % 2:
+                raise ValueError(f"populations must be even and >= 2 (antithetic pairs), got {n}")
     throughput, naive = [], []
     for name in models:
         for dtype in dtypes:

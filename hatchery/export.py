@@ -20,9 +20,9 @@ from safetensors.torch import save_file
 from hatchery.checkpoint import replay
 from hatchery.config import RunConfig, resumed_config
 from hatchery.es import EsUpdater, find_targets
-from hatchery.model import LoadedModel, load_model, resolve_model
+from hatchery.model import LoadedModel, load_model
 from hatchery.settings import es_settings, step_rule
-from hatchery.start import folder_files, folder_sha256, read_start
+from hatchery.start import recorded_start
 from optimizer_svc.update_log import read_log
 
 
@@ -38,26 +38,11 @@ class RunWeights:
         return Path(self.start["base"]["path"])
 
 
-def _recorded_start(run_dir: Path, cfg: RunConfig) -> dict:
-    """The run's start.json, with its folders checked against their recorded hashes."""
-    start = read_start(run_dir)
-    if start is None:  # a run from before start.json: the base as the config names it
-        base = resolve_model(cfg.model.source)
-        return {"source": cfg.model.source, "base": {"path": str(base)}, "adapter": None,
-                "model": {"path": str(base)}}
-    for part in ("base", "model"):
-        folder = Path(start[part]["path"])
-        if not folder.is_dir() or folder_sha256(folder_files(folder)) != start[part]["sha256"]:
-            raise ValueError(f"{folder} no longer holds the {part} this run started from "
-                             f"(sha256 {start[part]['sha256'][:12]}...)")
-    return start
-
-
 def weights_at(run_dir: str | Path, generation: int | None = None) -> RunWeights:
     """The model after `generation` update records (default: all of them)."""
     run_dir = Path(run_dir)
     cfg = resumed_config(run_dir)
-    start = _recorded_start(run_dir, cfg)
+    start = recorded_start(run_dir, cfg)
     lm = load_model(start["model"]["path"], cfg.model.dtype)
     records = read_log(run_dir / "updates.jsonl")
     generation = len(records) if generation is None else generation

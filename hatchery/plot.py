@@ -1,4 +1,4 @@
-"""The reward curve of a run, from its metrics file."""
+"""Reward curves: a run's from its metrics file, and held-out reward of runs against time."""
 
 from __future__ import annotations
 
@@ -11,17 +11,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_rewards(metrics_path: Path, out: Path, title: str = "") -> None:
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    train = [(r["generation"], r["reward_mean"]) for r in rows if r["reward_mean"] is not None]
-    heldout = [(r["generation"], r["heldout_reward"]) for r in rows if r["heldout_reward"] is not None]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train:
-        ax.plot(*zip(*train), label="train reward (population mean)", alpha=0.7)
-    if heldout:
-        ax.plot(*zip(*heldout), "o-", label="held-out reward (unperturbed)")
-    ax.set_xlabel("generation")
-    ax.set_ylabel("reward")
+def _metrics_rows(metrics_path: Path) -> list[dict]:
+    return [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+
+
+def _save_reward_axes(fig, ax, out: Path, xlabel: str, ylabel: str, title: str) -> None:
+    """The labels, 0-1 reward range, grid and legend both reward plots share; writes and closes."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -31,12 +28,23 @@ def plot_rewards(metrics_path: Path, out: Path, title: str = "") -> None:
     plt.close(fig)
 
 
+def plot_rewards(metrics_path: Path, out: Path, title: str = "") -> None:
+    rows = _metrics_rows(metrics_path)
+    train = [(r["generation"], r["reward_mean"]) for r in rows if r["reward_mean"] is not None]
+    heldout = [(r["generation"], r["heldout_reward"]) for r in rows if r["heldout_reward"] is not None]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train reward (population mean)", alpha=0.7)
+    if heldout:
+        ax.plot(*zip(*heldout), "o-", label="held-out reward (unperturbed)")
+    _save_reward_axes(fig, ax, out, "generation", "reward", title)
+
+
 def es_heldout_curve(metrics_path: Path) -> list[tuple[float, float]]:
     """(training seconds, held-out reward) of a run: each evaluation is taken before
     its generation trains, so it sits at the time the earlier generations took."""
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     curve, elapsed = [], 0.0
-    for r in rows:
+    for r in _metrics_rows(metrics_path):
         if r["heldout_reward"] is not None:
             curve.append((elapsed, r["heldout_reward"]))
         if r["reward_mean"] is not None:
@@ -52,12 +60,4 @@ def plot_heldout_against_time(curves: dict[str, list[tuple]], out: Path, title: 
         ys = [p[1] for p in points]
         errors = [p[2] for p in points] if points and len(points[0]) > 2 else None
         ax.errorbar(xs, ys, yerr=errors, fmt="o-", capsize=2, markersize=3, label=label)
-    ax.set_xlabel("training wall time (minutes)")
-    ax.set_ylabel("held-out reward")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    _save_reward_axes(fig, ax, out, "training wall time (minutes)", "held-out reward", title)

@@ -73,6 +73,22 @@ def read_start(run_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def recorded_start(run_dir: Path, cfg: RunConfig) -> dict:
+    """A finished or running run's start.json, its base and start model checked against
+    their recorded hashes (for readers such as export, which must not write a start)."""
+    start = read_start(run_dir)
+    if start is None:  # a run from before start.json: the base as the config names it
+        base = resolve_model(cfg.model.source)
+        return {"source": cfg.model.source, "base": {"path": str(base)}, "adapter": None,
+                "model": {"path": str(base)}}
+    for part in ("base", "model"):
+        folder = Path(start[part]["path"])
+        if not folder.is_dir() or folder_sha256(folder_files(folder)) != start[part]["sha256"]:
+            raise ValueError(f"{folder} no longer holds the {part} this run started from "
+                             f"(sha256 {start[part]['sha256'][:12]}...)")
+    return start
+
+
 def prepare_start(cfg: RunConfig, run_dir: Path) -> StartPoint:
     """The start of cfg's run in run_dir: merged and recorded on first call, checked
     against the record when the run resumes."""
