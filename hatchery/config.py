@@ -35,6 +35,7 @@ class TaskConfig:
     heldout_size: int = 64
     max_new_tokens: int = 0  # 0: the task's own default
     chat_template: bool = True
+    early_stop: bool = True  # end a row once the task's grader can read nothing more (arith: the first integer)
 
 
 @dataclass(frozen=True)

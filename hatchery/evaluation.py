@@ -36,7 +36,9 @@ def heldout_reward(model: str, task_name: str = "arith", seed: int = 0, heldout_
     task = load_task(task_name, seed, heldout_size)
     lm = load_for_eval(model, dtype)
     prompts = task.heldout
-    completions = generate(lm, [p.text for p in prompts], max_new_tokens or task.max_new_tokens).texts
+    stop_rule = task.stop_rule if grader in ("", task.grader) else ""
+    completions = generate(lm, [p.text for p in prompts], max_new_tokens or task.max_new_tokens,
+                           stop_rule=stop_rule).texts
     samples = [pb.Sample(prompt=p.text, completion=c, reference=p.reference, metadata=p.metadata)
                for p, c in zip(prompts, completions)]
     if reward_address:

@@ -52,7 +52,8 @@ class HeldoutClock(TrainerCallback):
         was_training = model.training
         model.eval()
         prompts = self.task.heldout
-        texts = generate(LoadedModel(model, self.tokenizer), [p.text for p in prompts], self.task.max_new_tokens).texts
+        texts = generate(LoadedModel(model, self.tokenizer), [p.text for p in prompts], self.task.max_new_tokens,
+                         stop_rule=self.task.stop_rule).texts
         model.train(was_training)
         row = {"step": step, "seconds": self.train_seconds, **summary(*_scores(self.grader, prompts, texts))}
         with open(self.out, "a") as f:

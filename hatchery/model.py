@@ -6,14 +6,23 @@ import hashlib
 import importlib.util
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from hatchery.es.targets import Target
+from reward_svc.graders import first_integer_settled
 
 EMBEDDED = "embedded:smollm2-135m-instruct"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -107,7 +116,37 @@ class Completions:
     texts: list[str]
     new_tokens: int
     seconds: float
-    prefill_seconds: float = 0.0  # tokenising and the first forward pass
+    prefill_seconds: float = 0.0  # tokenising and the forward passes over the prompts
+
+
+# A task's early stop: a row stops once its grader can read nothing more from it.
+STOP_RULES: dict[str, Callable[[str], bool]] = {"first_integer": first_integer_settled}
+
+
+class _RowsSettled(StoppingCriteria):
+    """Stops each row once its completion so far satisfies `settled`."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_length: int, settled: Callable[[str], bool]):
+        self.tokenizer, self.prompt_length, self.settled = tokenizer, prompt_length, settled
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length:], skip_special_tokens=True)
+        return torch.tensor([self.settled(t) for t in texts], dtype=torch.bool, device=input_ids.device)
+
+
+@dataclass(frozen=True)
+class RowGroups:
+    """Rows of a batch that run the same weights: `size` consecutive rows per group.
+
+    `weights(k)` is the context in which a batch holding k rows of every group runs
+    (for ES, the perturbation of each group's member). Each group prefills the prompts'
+    common token prefix once and shares the cache among its rows; that is exact because
+    the rows of a group share weights, and it is where most of a short task's prefill goes
+    (the chat template's system prompt).
+    """
+
+    size: int
+    weights: Callable[[int], AbstractContextManager] = lambda rows_per_group: nullcontext()
 
 
 def format_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], chat_template: bool) -> list[str]:
@@ -117,31 +156,73 @@ def format_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], c
                                           add_generation_prompt=True) for p in prompts]
 
 
+def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Tokens every row starts with, leaving every row at least one token of its own."""
+    shared = 0
+    for column in zip(*rows):
+        if any(token != column[0] for token in column):
+            break
+        shared += 1
+    return min(shared, min(map(len, rows)) - 1)
+
+
+def _prefix_then_suffixes(ids: Sequence[Sequence[int]], shared: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input ids and attention mask with the padding between the shared prefix and each
+    row's own tokens, so the prefix sits at the same cache positions in every row."""
+    width = max(len(r) for r in ids) - shared
+    rows, masks = [], []
+    for r in ids:
+        gap = width - (len(r) - shared)
+        rows.append([*r[:shared], *[pad] * gap, *r[shared:]])
+        masks.append([1] * shared + [0] * gap + [1] * (len(r) - shared))
+    return torch.tensor(rows), torch.tensor(masks)
+
+
 @torch.inference_mode()
 def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int, temperature: float = 0.0,
-             chat_template: bool = True) -> Completions:
+             chat_template: bool = True, *, stop_rule: str = "", groups: RowGroups | None = None) -> Completions:
     """One batched generate() over all rows; row order is preserved, which the
-    per-row perturbation relies on."""
+    per-row perturbation relies on.
+
+    `groups` says which rows share weights (by default all of them), `stop_rule` names
+    one of STOP_RULES that may end a row before `max_new_tokens`.
+    """
     start = time.perf_counter()
-    tok = lm.tokenizer
-    enc = tok(format_prompts(tok, prompts, chat_template), return_tensors="pt", padding=True,
-              add_special_tokens=False).to(lm.model.device)
-    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-    forwards: list[float] = []  # when the first forward (the prefill) ended
+    tok, model = lm.tokenizer, lm.model
+    groups = groups or RowGroups(len(prompts))
+    if not prompts or len(prompts) % groups.size:
+        raise ValueError(f"{len(prompts)} prompts do not split into groups of {groups.size} rows")
+    if stop_rule and stop_rule not in STOP_RULES:
+        raise ValueError(f"unknown stop rule {stop_rule!r}; known: {sorted(STOP_RULES)}")
+    ids = tok(format_prompts(tok, prompts, chat_template), add_special_tokens=False)["input_ids"]
+    shared = common_prefix_length(ids)
+    input_ids, attention_mask = (t.to(model.device) for t in _prefix_then_suffixes(ids, shared, tok.pad_token_id))
+    forwards: list[float] = []  # when each forward pass ended
 
-    def note_prefill(*_) -> None:  # returns None: a forward hook's return value would replace the output
-        if not forwards:
-            forwards.append(time.perf_counter())
+    def note_forward(*_) -> None:  # returns None: a forward hook's return value would replace the output
+        forwards.append(time.perf_counter())
 
-    hook = lm.model.register_forward_hook(note_prefill)
+    hook = model.register_forward_hook(note_forward)
     try:
-        out = lm.model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                                top_p=None, top_k=None, **sampling)
+        cache = None
+        if shared:
+            with groups.weights(1):
+                prefix = input_ids[::groups.size, :shared]
+                cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).cache
+            cache.batch_repeat_interleave(groups.size)
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        stop = StoppingCriteriaList([_RowsSettled(tok, input_ids.shape[1], STOP_RULES[stop_rule])] if stop_rule else [])
+        with groups.weights(groups.size):
+            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, cache=cache,
+                                 max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, top_p=None,
+                                 top_k=None, stopping_criteria=stop, **sampling)
     finally:
         hook.remove()
-    new = out[:, enc["input_ids"].shape[1]:]
-    finished = (new == tok.eos_token_id).cumsum(dim=1) > 0
-    # Count tokens up to and including each row's EOS; padding after it is not work done.
-    n_tokens = int((~finished).sum() + finished.any(dim=1).sum())
+    new = out[:, input_ids.shape[1]:]
+    ended = (new == tok.eos_token_id).cumsum(dim=1) > 0
+    stopped = (~ended & (new == tok.pad_token_id)).cumsum(dim=1) > 0  # padding after an early stop
+    # Count tokens up to and including each row's EOS; padding is not work done.
+    n_tokens = int((~ended & ~stopped).sum() + ended.any(dim=1).sum())
     texts = tok.batch_decode(new, skip_special_tokens=True)
-    return Completions(texts, n_tokens, time.perf_counter() - start, forwards[0] - start if forwards else 0.0)
+    prefilled = forwards[1 if shared else 0]  # the prefix's forward, then the rows' own tokens
+    return Completions(texts, n_tokens, time.perf_counter() - start, prefilled - start)

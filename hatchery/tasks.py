@@ -21,6 +21,7 @@ class Task:
     train: list[TaskPrompt]  # sampled from during training
     heldout: list[TaskPrompt]  # never used for training or selection
     max_new_tokens: int
+    stop_rule: str = ""  # one of hatchery.model.STOP_RULES: its grader reads nothing after that point
 
 
 ARITH_TEMPLATE = "What is {a} {op} {b}? Reply with just the final number, nothing else."
@@ -34,7 +35,8 @@ def arith(seed: int, heldout_size: int) -> Task:
     random.Random(seed).shuffle(problems)
     if not 0 < heldout_size < len(problems):
         raise ValueError(f"arith has {len(problems)} problems; heldout_size must be between 1 and {len(problems) - 1}")
-    return Task("arith", "first_integer", problems[heldout_size:], problems[:heldout_size], max_new_tokens=8)
+    return Task("arith", "first_integer", problems[heldout_size:], problems[:heldout_size], max_new_tokens=8,
+                stop_rule="first_integer")
 
 
 COUNTDOWN_TEMPLATE = (

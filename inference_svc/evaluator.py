@@ -7,7 +7,7 @@ import time
 import torch
 
 from hatchery.es import EsUpdater, NoiseKey, PopulationNoise, find_targets, perturbed
-from hatchery.model import Completions, LoadedModel, fingerprint, generate
+from hatchery.model import Completions, LoadedModel, RowGroups, fingerprint, generate
 from hatchery.settings import step_rule
 from hatchery.v1 import optimizer_pb2 as pb
 
@@ -54,11 +54,15 @@ class Evaluator:
             raise ValueError(f"lease for generation {lease.generation} but weights are at {self.applied_generation}")
         texts = [p.text for p in lease.prompts]
         s = lease.sampling
+        decoding = (s.max_new_tokens, s.temperature, s.chat_template)
         self.noise_seconds = 0.0
         if lease.kind == pb.LEASE_KIND_EVAL:
-            return generate(self.lm, texts, s.max_new_tokens, s.temperature, s.chat_template)
-        members = [m for m in range(lease.member_start, lease.member_end) for _ in texts]
+            return generate(self.lm, texts, *decoding, stop_rule=s.stop_rule)
+        members = range(lease.member_start, lease.member_end)
         noise = self._population_noise(lease.generation, sorted({m // 2 for m in members}))
-        with perturbed(self.targets, noise, members, lease.sigma):
-            return generate(self.lm, texts * (lease.member_end - lease.member_start),
-                            s.max_new_tokens, s.temperature, s.chat_template)
+
+        def as_members(rows_per_member: int):  # row b of a batch runs member b // rows_per_member
+            return perturbed(self.targets, noise, [m for m in members for _ in range(rows_per_member)], lease.sigma)
+
+        return generate(self.lm, texts * len(members), *decoding, stop_rule=s.stop_rule,
+                        groups=RowGroups(len(texts), as_members))

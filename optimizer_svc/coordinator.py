@@ -161,7 +161,14 @@ class Coordinator:
 
     def _sampling(self) -> pb.Sampling:
         return pb.Sampling(max_new_tokens=self.max_new_tokens, temperature=self.cfg.train.temperature,
-                           chat_template=self.cfg.task.chat_template)
+                           chat_template=self.cfg.task.chat_template, stop_rule=self._stop_rule())
+
+    def _stop_rule(self) -> str:
+        """The task's early stop, when the run scores with the task's own grader (another grader may
+        read more of a completion)."""
+        cfg = self.cfg
+        own_grader = not cfg.reward.services and cfg.grader in ("", self.task.grader)
+        return self.task.stop_rule if cfg.task.early_stop and own_grader else ""
 
     def _new_lease(self, **fields) -> pb.Lease:
         lease_id = f"{self._lease_prefix}-g{self.generation}-{next(self._lease_ids)}"

@@ -122,6 +122,13 @@ def first_integer(prompt: str, completion: str, reference: str, metadata: Mappin
     return Grade(1.0 if found and _canonical_integer(found.group()) == expected else 0.0)
 
 
+def first_integer_settled(completion: str) -> bool:
+    """True once more text cannot change what first_integer reads: its first integer is
+    followed by another character. Generation may stop there (the task's early stop)."""
+    found = _INTEGER.search(completion)
+    return found is not None and found.end() < len(completion)
+
+
 _THINK_THEN_ANSWER = "</think>\n<answer>"
 _EQUATION_CHARS = re.compile(r"[0-9+\-*/() ]+")
 _TOKEN = re.compile(r"\s*([0-9]+|[-+*/()])")

@@ -16,6 +16,7 @@ from reward_svc.graders import (
     builtin_graders,
     evaluate_equation,
     first_integer,
+    first_integer_settled,
     length,
     numeric,
 )
@@ -36,6 +37,14 @@ def test_first_integer():
     for reference in ("", "7.0", "seven"):
         with pytest.raises(NotApplicable):
             first_integer("", "7", reference, {})
+
+
+def test_first_integer_settles_once_a_character_follows_it():
+    """Generation may stop there: no continuation changes what first_integer reads."""
+    for text in ("7.", "The answer is 12 ", "-3\n", "3 + 4 = 7", "1,000"):
+        assert first_integer_settled(text)
+    for text in ("", "The answer is", "The answer is -", "12", "-"):
+        assert not first_integer_settled(text)
 
 
 @pytest.mark.parametrize("response, fmt, answer", [

@@ -62,6 +62,7 @@ def test_join_and_leases_cover_the_population(optimizer):
     assert joined.es.population == 4 and joined.grader == "first_integer" and joined.base_model_path
     evaluation, *leases = [stub.GetWork(pb.GetWorkRequest(worker_id="w1"), timeout=10).lease for _ in range(3)]
     assert evaluation.kind == pb.LEASE_KIND_EVAL and len(evaluation.prompts) == 4  # held-out, at generation 0
+    assert {lease.sampling.stop_rule for lease in [evaluation, *leases]} == {"first_integer"}  # arith's early stop
     assert [(lease.kind, lease.member_start, lease.member_end) for lease in leases] == [
         (pb.LEASE_KIND_TRAIN, 0, 2), (pb.LEASE_KIND_TRAIN, 2, 4)]
     assert not stub.GetWork(pb.GetWorkRequest(worker_id="w1"), timeout=10).HasField("lease")
@@ -74,6 +75,15 @@ def test_join_and_leases_cover_the_population(optimizer):
     status = stub.GetStatus(pb.GetStatusRequest(), timeout=10)
     assert status.generation == 1 and status.workers[0].leases_completed == 3
     assert status.history[0].heldout_reward == 0.0 and status.history[0].reward_mean == 1.0
+
+
+@pytest.mark.parametrize("overrides", [{"task": {"heldout_size": 4, "early_stop": False}}, {"grader": "numeric"}])
+def test_early_stop_only_with_the_task_grader(tiny_llama_dir, tmp_path, overrides):
+    """Another grader may read past the first integer, so its rows run to the end."""
+    cfg = parse_config({"run_dir": str(tmp_path / "run"), "model": {"source": str(tiny_llama_dir)},
+                        "task": {"heldout_size": 4}, **overrides})
+    coordinator = Coordinator(cfg, load_model(tiny_llama_dir), tmp_path / "run")
+    assert coordinator.get_work("w1", 0).lease.sampling.stop_rule == ""
 
 
 def test_late_duplicate_and_mismatched_results_are_dropped(optimizer):

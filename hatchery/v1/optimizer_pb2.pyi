@@ -189,14 +189,16 @@ class Prompt(_message.Message):
     def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., reference: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Sampling(_message.Message):
-    __slots__ = ("max_new_tokens", "temperature", "chat_template")
+    __slots__ = ("max_new_tokens", "temperature", "chat_template", "stop_rule")
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    STOP_RULE_FIELD_NUMBER: _ClassVar[int]
     max_new_tokens: int
     temperature: float
     chat_template: bool
-    def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., chat_template: _Optional[bool] = ...) -> None: ...
+    stop_rule: str
+    def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., chat_template: _Optional[bool] = ..., stop_rule: _Optional[str] = ...) -> None: ...
 
 class Lease(_message.Message):
     __slots__ = ("lease_id", "kind", "generation", "member_start", "member_end", "sigma", "prompts", "sampling", "deadline_seconds")

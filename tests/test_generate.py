@@ -1,0 +1,80 @@
+"""Batched generation: a shared-prefix cache per member and the task's early stop
+give the completions each member would give alone, on real tiny models."""
+
+import pytest
+import torch
+
+import tiny
+from hatchery.es import NoiseKey, PopulationNoise, find_targets, materialised_member, perturbed
+from hatchery.model import LoadedModel, RowGroups, common_prefix_length, format_prompts, generate
+from reward_svc.graders import first_integer, first_integer_settled
+
+SIGMA = 0.05
+NEW_TOKENS = 6
+# Different lengths after the shared "What is ", so rows are padded between prefix and suffix.
+PROMPTS = ["What is 1 + 2?", "What is 17 - 3? Reply with just the final number.", "What is 9 - 9? Reply."]
+
+
+def _alone(lm: LoadedModel, prompt: str) -> str:
+    """Plain Hugging Face generate() of one unpadded row: the reference."""
+    text = format_prompts(lm.tokenizer, [prompt], chat_template=True)[0]
+    ids = lm.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+    with torch.no_grad():
+        out = lm.model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False,
+                                pad_token_id=lm.tokenizer.pad_token_id)
+    return lm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gpt2"])
+def test_members_sharing_a_prefix_cache_answer_as_they_would_alone(kind):
+    tok = tiny.tokenizer()
+    lm = LoadedModel(tiny.model(kind, len(tok)), tok)
+    targets = find_targets(lm.model)
+    key = NoiseKey(seed=5, epoch=1, rank=2)
+    members = [0, 1, 2, 3]
+    noise = PopulationNoise(targets, key, [0, 1])
+
+    def as_members(rows_per_member: int):
+        return perturbed(targets, noise, [m for m in members for _ in range(rows_per_member)], SIGMA)
+
+    batched = generate(lm, PROMPTS * len(members), NEW_TOKENS, groups=RowGroups(len(PROMPTS), as_members)).texts
+    expected = []
+    for member in members:
+        with materialised_member(targets, key.seed, key.epoch, member, SIGMA, key.rank):
+            expected += [_alone(lm, p) for p in PROMPTS]
+    assert batched == expected
+    assert len(set(batched)) > len(PROMPTS)  # the members did answer differently
+    assert generate(lm, PROMPTS, NEW_TOKENS).texts == [_alone(lm, p) for p in PROMPTS]  # unperturbed, one group
+
+
+def test_common_prefix_leaves_every_row_a_token_of_its_own():
+    assert common_prefix_length([[1, 2, 3, 4], [1, 2, 5]]) == 2
+    assert common_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2
+    assert common_prefix_length([[7, 8], [7, 8]]) == 1
+    assert common_prefix_length([[1, 2], [3, 2]]) == 0
+
+
+def test_first_integer_stop_keeps_every_grade_and_saves_tokens():
+    tok = tiny.tokenizer()
+    lm = LoadedModel(tiny.model("llama", len(tok)), tok)
+    with torch.no_grad():  # tied embeddings: larger digit rows make the random model write digits
+        digits = [i for t, i in tok.get_vocab().items() if any(c.isdigit() for c in t)]
+        lm.model.get_input_embeddings().weight[digits] *= 1.5
+    prompts = [f"What is {a} + {b}?" for a in range(4) for b in range(4)]
+    full = generate(lm, prompts, NEW_TOKENS)
+    stopped = generate(lm, prompts, NEW_TOKENS, stop_rule="first_integer")
+    for whole, short in zip(full.texts, stopped.texts):
+        assert whole.startswith(short)
+        assert short == whole or first_integer_settled(short)
+        for reference in ("0", "1", "2", "3", "4", "5", "6"):
+            assert first_integer("", short, reference, {}) == first_integer("", whole, reference, {})
+    assert stopped.new_tokens < full.new_tokens  # some rows did stop early
+
+
+def test_bad_stop_rule_and_groups_are_refused():
+    tok = tiny.tokenizer()
+    lm = LoadedModel(tiny.model("llama", len(tok)), tok)
+    with pytest.raises(ValueError, match="unknown stop rule 'first_word'"):
+        generate(lm, PROMPTS, NEW_TOKENS, stop_rule="first_word")
+    with pytest.raises(ValueError, match="3 prompts do not split into groups of 2 rows"):
+        generate(lm, PROMPTS, NEW_TOKENS, groups=RowGroups(2))
