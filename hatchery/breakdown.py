@@ -1,11 +1,12 @@
 """`hatchery breakdown RUN_DIR`: where a run's training time went.
 
-Each training generation's wall time (first lease out to update done, on the
-optimizer's clock) is split into what the workers reported (generate: the
-inference forward passes; reward: waiting for scores; update: applying update
-records; noise: building perturbation factors), the optimizer's own update, and
-the rest: RPCs and waiting. With one worker the parts add up to the wall time;
-with several, worker seconds overlap and the rest can go negative.
+Each training generation's wall time (first training lease out to update done,
+on the optimizer's clock; held-out evaluations run apart and are not in it) is
+split into what the workers reported (generate: the inference forward passes;
+reward: waiting for scores; update: applying update records; noise: building
+perturbation factors), the optimizer's own update, and the rest: RPCs and waiting.
+With one worker the parts add up to the wall time; with several, worker seconds
+overlap and the rest can go negative.
 """
 
 from __future__ import annotations

@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     grpo.add_argument("--model", default="embedded:smollm2-135m-instruct", help="a local Hugging Face folder")
     grpo.add_argument("--task", default="arith")
     grpo.add_argument("--seed", type=int, default=0)
-    grpo.add_argument("--heldout-size", type=int, default=64)
+    grpo.add_argument("--heldout-size", type=int, default=128)
     grpo.add_argument("--budget-seconds", type=float, default=720.0, help="of training time, evaluations excluded")
     grpo.add_argument("--max-steps", type=int, default=10_000)
     grpo.add_argument("--lr", type=float, default=1e-5)
@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     brk = sub.add_parser("breakdown", help="where a run's training time went, from its metrics.jsonl (JSON)")
     brk.add_argument("run_dir", help="the run directory")
     brk.add_argument("--out", default=None, help="also write the JSON here")
+
+    abl = sub.add_parser("ablation", help="held-out curves and end rewards of several variants' runs (JSON)")
+    abl.add_argument("variants", nargs="+", metavar="NAME=RUN_DIR[,RUN_DIR...]",
+                     help="a variant's name and its runs, one per seed")
+    abl.add_argument("--out", default=None, help="also write the JSON here")
+    abl.add_argument("--plot", default=None, help="PNG of every run's held-out reward against training time")
 
     exp = sub.add_parser("export", help="a run's weights as a Hugging Face folder or a PEFT LoRA adapter")
     exp.add_argument("run_dir", help="the run directory")
@@ -160,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("model", help="a Hugging Face folder, a PEFT adapter folder, or embedded:smollm2-135m-instruct")
     ev.add_argument("--task", default="arith")
     ev.add_argument("--seed", type=int, default=0, help="the task seed (the run's task.seed)")
-    ev.add_argument("--heldout-size", type=int, default=64)
+    ev.add_argument("--heldout-size", type=int, default=128)
     ev.add_argument("--reward-address", default="", help="a reward service; default: start one")
     ev.add_argument("--grader", default="", help="default: the task's")
     ev.add_argument("--dtype", default="float32")
@@ -274,6 +280,17 @@ def main(argv: list[str] | None = None) -> int:
         from hatchery.breakdown import time_breakdown
 
         return _print_json(time_breakdown(args.run_dir), args.out)
+    if args.command == "ablation":
+        from hatchery.ablation import ablation, parse_variants, plot_ablation
+
+        try:
+            report = ablation(parse_variants(args.variants))
+        except (ValueError, OSError) as err:
+            print(f"hatchery ablation: {err}", file=sys.stderr)
+            return 2
+        if args.plot:
+            plot_ablation(report, Path(args.plot), "held-out reward against training time")
+        return _print_json(report, args.out)
     if args.command == "export":
         from hatchery.export import export_hf, export_peft_lora
 

@@ -18,6 +18,7 @@ from hatchery.es.shaping import FailedSamples, Shaping
 from hatchery.model import DTYPES, EMBEDDED
 from hatchery.schema import ConfigError, check, from_dict
 from hatchery.tasks import TASKS
+from optimizer_svc.prompt_schedule import SELECTIONS
 from reward_svc.specs import BUILTIN_NAMES, parse_specs
 
 
@@ -32,7 +33,7 @@ class ModelConfig:
 class TaskConfig:
     name: str = "arith"
     seed: int = 0  # fixes the train/held-out split and generated problems
-    heldout_size: int = 64
+    heldout_size: int = 128  # arith has 200 problems: 72 left to train on
     max_new_tokens: int = 0  # 0: the task's own default
     chat_template: bool = True
     early_stop: bool = True  # end a row once the task's grader can read nothing more (arith: the first integer)
@@ -44,7 +45,7 @@ class EsConfig:
     population: int = 16
     rank: int = 1
     sigma: float = 3e-3
-    lr: float = 6e-3  # absorbs 1/sigma, as in the ES papers
+    lr: float = 1.2e-2  # absorbs 1/sigma, as in the ES papers
     noise_reuse: int = 1
     shaping: str = Shaping.CENTERED_ZSCORE.value
     failed_samples: str = FailedSamples.DROP_PAIR.value
@@ -60,8 +61,9 @@ class EsConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     generations: int = 200
-    time_budget_seconds: float = 660.0  # stop starting generations after this much training time; 0 = none
+    time_budget_seconds: float = 720.0  # no generation starts after this much training (evals excluded); 0: none
     prompts_per_member: int = 4
+    prompt_selection: str = "spread"  # or "uniform"; spread favours prompts that separated the population
     temperature: float = 0.0  # 0: greedy, deterministic evaluation
     eval_every: int = 10  # held-out evaluation every this many generations (and at the end)
     members_per_lease: int = 0  # 0: the whole population in one lease
@@ -136,6 +138,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     check(tr.generations >= 1, "train.generations", "must be >= 1", tr.generations)
     check(tr.time_budget_seconds >= 0, "train.time_budget_seconds", "must be >= 0", tr.time_budget_seconds)
     check(tr.prompts_per_member >= 1, "train.prompts_per_member", "must be >= 1", tr.prompts_per_member)
+    check(tr.prompt_selection in SELECTIONS, "train.prompt_selection", f"must be one of {list(SELECTIONS)}",
+          tr.prompt_selection)
     check(tr.temperature >= 0, "train.temperature", "must be >= 0", tr.temperature)
     check(tr.eval_every >= 1, "train.eval_every", "must be >= 1", tr.eval_every)
     check(tr.members_per_lease >= 0, "train.members_per_lease", "must be >= 0", tr.members_per_lease)

@@ -31,7 +31,7 @@ def load_for_eval(model: str, dtype: str = "float32") -> LoadedModel:
     return load_model(resolve_model(model) if model == EMBEDDED else path, dtype)
 
 
-def heldout_reward(model: str, task_name: str = "arith", seed: int = 0, heldout_size: int = 64,
+def heldout_reward(model: str, task_name: str = "arith", seed: int = 0, heldout_size: int = 128,
                    reward_address: str = "", grader: str = "", dtype: str = "float32", max_new_tokens: int = 0) -> dict:
     task = load_task(task_name, seed, heldout_size)
     lm = load_for_eval(model, dtype)

@@ -73,7 +73,7 @@ class HeldoutClock(TrainerCallback):
             control.should_training_stop = True
 
 
-def run_grpo(out: Path, model: str = EMBEDDED, task_name: str = "arith", seed: int = 0, heldout_size: int = 64,
+def run_grpo(out: Path, model: str = EMBEDDED, task_name: str = "arith", seed: int = 0, heldout_size: int = 128,
              budget_seconds: float = 720.0, max_steps: int = 10_000, lr: float = 1e-5, generations: int = 8,
              completions_per_step: int = 64, temperature: float = 1.0, eval_every: int = 2) -> list[dict]:
     """The defaults are the configuration measured in DESIGN.md (64 completions a step,

@@ -40,13 +40,14 @@ def plot_rewards(metrics_path: Path, out: Path, title: str = "") -> None:
     _save_reward_axes(fig, ax, out, "generation", "reward", title)
 
 
-def es_heldout_curve(metrics_path: Path) -> list[tuple[float, float]]:
-    """(training seconds, held-out reward) of a run: each evaluation is taken before
-    its generation trains, so it sits at the time the earlier generations took."""
+def es_heldout_curve(metrics_path: Path) -> list[tuple[float, float, float]]:
+    """(training seconds, held-out reward, its standard error) of a run: each evaluation
+    is taken before its generation trains, so it sits at the time the earlier generations
+    took (evaluations are off that clock)."""
     curve, elapsed = [], 0.0
     for r in _metrics_rows(metrics_path):
         if r["heldout_reward"] is not None:
-            curve.append((elapsed, r["heldout_reward"]))
+            curve.append((elapsed, r["heldout_reward"], r.get("heldout_stderr") or 0.0))
         if r["reward_mean"] is not None:
             elapsed += r["seconds"]
     return curve

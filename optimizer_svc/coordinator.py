@@ -10,7 +10,6 @@ import itertools
 import json
 import math
 import os
-import random
 import secrets
 import threading
 import time
@@ -38,6 +37,7 @@ from hatchery.settings import es_settings, step_rule
 from hatchery.tasks import Task, TaskPrompt, load_task
 from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import reward_pb2
+from optimizer_svc.prompt_schedule import PromptSchedule
 from optimizer_svc.update_log import UpdateLog
 
 
@@ -69,7 +69,7 @@ class GenerationStats:
     reward_max: float
     reward_std: float
     heldout_reward: float | None
-    seconds: float
+    seconds: float  # training wall time: the held-out evaluation before it is not counted
     generated_tokens: int
     update_norm: float
     prompts_with_spread: float  # share of prompts whose rewards differ across members
@@ -77,6 +77,10 @@ class GenerationStats:
     # Where the time went, summed over the generation's accepted reports (worker seconds)
     # and the optimizer's own update (shaping, log append, its weights, checkpoint).
     time_split: dict[str, float] = field(default_factory=dict)
+    heldout_stderr: float | None = None  # standard error of heldout_reward over the held-out prompts
+    heldout_seconds: float = 0.0  # wall time of the held-out evaluation, kept off the training clock
+    prompts: list[int] = field(default_factory=list)  # indices of the training prompts answered
+    spread_prompts: list[int] = field(default_factory=list)  # those whose rewards differed across members
 
     @property
     def tokens_per_second(self) -> float:
@@ -90,7 +94,8 @@ class GenerationStats:
     def from_json(cls, line: str) -> GenerationStats:
         row = json.loads(line)
         del row["tokens_per_second"], row["final"]
-        return cls(**{k: (math.nan if v is None and k != "heldout_reward" else v) for k, v in row.items()})
+        optional = ("heldout_reward", "heldout_stderr")
+        return cls(**{k: (math.nan if v is None and k not in optional else v) for k, v in row.items()})
 
 
 class Coordinator:
@@ -112,16 +117,19 @@ class Coordinator:
         self.log = UpdateLog(run_dir / "updates.jsonl")
         self.checkpoint = self._restore_weights()
         self.generation = len(self.log.records)
+        self.schedule = PromptSchedule(len(self.task.train), cfg.train.prompts_per_member, cfg.es.seed,
+                                       cfg.train.prompt_selection)
         self.history = self._restore_history()
+        for stats in self.history:
+            self.schedule.observe(stats.prompts, stats.spread_prompts)
         self._metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
-        self.seconds_before = sum(s.seconds for s in self.history)  # spent by earlier processes of this run
         self.workers: dict[str, _Worker] = {}
         self.fingerprint_mismatches = 0
         self.lease_reassignments = 0
         # training_done: no more updates; only the final held-out evaluation remains
-        self.training_done = self._training_over(self.seconds_before)
+        self.training_done = self._training_over()
         self.finished = threading.Event()
-        self.train_started: float | None = None
+        self.started = False  # a first lease went out: the clock no longer waits for a worker
         self.weights_fingerprint = fingerprint(self.targets)
         # Lease ids never repeat across restarts, so a result for a lease of an earlier process is dropped.
         self._lease_prefix = secrets.token_hex(4)
@@ -154,11 +162,6 @@ class Coordinator:
 
     # -- schedule -----------------------------------------------------------------
 
-    def train_prompts(self, generation: int) -> list[TaskPrompt]:
-        """The P prompts every member answers in a generation; seeded, never held-out."""
-        rng = random.Random(f"{self.cfg.es.seed}:{generation}")
-        return rng.sample(self.task.train, min(self.cfg.train.prompts_per_member, len(self.task.train)))
-
     def _sampling(self) -> pb.Sampling:
         return pb.Sampling(max_new_tokens=self.max_new_tokens, temperature=self.cfg.train.temperature,
                            chat_template=self.cfg.task.chat_template, stop_rule=self._stop_rule())
@@ -176,6 +179,8 @@ class Coordinator:
                         deadline_seconds=self.cfg.train.lease_timeout_seconds, **fields)
 
     def _open_generation(self) -> None:
+        """Queues the held-out evaluation when one is due, else the training leases: the
+        evaluation runs alone, so its time is measured apart and kept off the training clock."""
         g, tr = self.generation, self.cfg.train
         self.gen_started = self.clock()
         self.gen_tokens = 0
@@ -183,19 +188,28 @@ class Coordinator:
         self.pending: deque[pb.Lease] = deque()
         self.outstanding: dict[str, _Outstanding] = {}
         self.heldout: float | None = None
+        self.heldout_stderr: float | None = None
+        self.heldout_seconds = 0.0
+        self.prompt_indices: list[int] = []  # the training leases' prompts and rewards, once they are queued
+        self.rewards = np.full((self.cfg.es.population, 0), np.nan)
         if g % tr.eval_every == 0 or self.training_done:
             self.pending.append(self._new_lease(kind=pb.LEASE_KIND_EVAL,
                                                 prompts=_proto_prompts(self.task.heldout)))
-        if self.training_done:
-            return
-        self.prompts = self.train_prompts(g)
+        else:
+            self._queue_training()
+
+    def _queue_training(self) -> None:
+        """The population's leases; every member answers the same P training prompts."""
+        tr = self.cfg.train
+        self.prompt_indices = self.schedule.pick(self.generation)
+        prompts = [self.task.train[i] for i in self.prompt_indices]
         n = self.cfg.es.population
-        self.rewards = np.full((n, len(self.prompts)), np.nan)
+        self.rewards = np.full((n, len(prompts)), np.nan)
         chunk = tr.members_per_lease or n
         for start in range(0, n, chunk):
             self.pending.append(self._new_lease(kind=pb.LEASE_KIND_TRAIN, member_start=start,
                                                 member_end=min(n, start + chunk), sigma=self.cfg.es.sigma,
-                                                prompts=_proto_prompts(self.prompts)))
+                                                prompts=_proto_prompts(prompts)))
 
     # -- worker-facing ---------------------------------------------------------------
 
@@ -217,8 +231,8 @@ class Coordinator:
                 response.retry_after_seconds = 0.05
                 return response
             lease = self.pending.popleft()
-            if self.train_started is None:
-                self.train_started = self.gen_started = self.clock()  # not counting the wait for a first worker
+            if not self.started:
+                self.started, self.gen_started = True, self.clock()  # not counting the wait for a first worker
             self.outstanding[lease.lease_id] = _Outstanding(lease, self.clock() + lease.deadline_seconds)
             response.lease.CopyFrom(lease)
             return response
@@ -255,12 +269,12 @@ class Coordinator:
                                                reason="weights fingerprint mismatch: dropped; resync")
             ok = np.array(req.statuses) == reward_pb2.SCORE_STATUS_OK
             rewards = np.where(ok, np.array(req.rewards, dtype=np.float64), np.nan).reshape(rows, -1)
-            if lease.kind == pb.LEASE_KIND_EVAL:
-                self.heldout = float(np.nanmean(rewards)) if ok.any() else math.nan
-            else:
-                self.rewards[lease.member_start:lease.member_end] = rewards
             del self.outstanding[req.lease_id]
             worker.leases_completed += 1
+            if lease.kind == pb.LEASE_KIND_EVAL:
+                self._close_evaluation(rewards[0][ok])
+                return pb.ReportResultResponse(accepted=True)
+            self.rewards[lease.member_start:lease.member_end] = rewards
             self.gen_tokens += req.generated_tokens
             for part in WORKER_TIME_SPLIT:
                 self.gen_split[part] += getattr(req, f"{part}_seconds")
@@ -269,6 +283,18 @@ class Coordinator:
             else:
                 failpoint("mid_generation", self.generation)
             return pb.ReportResultResponse(accepted=True)
+
+    def _close_evaluation(self, scored: np.ndarray) -> None:
+        """Records the held-out reward, then starts the training clock of the generation."""
+        n = len(scored)
+        self.heldout = float(scored.mean()) if n else math.nan
+        self.heldout_stderr = float(scored.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+        self.heldout_seconds = self.clock() - self.gen_started
+        self.gen_started = self.clock()
+        if self.training_done:
+            self._close_generation()
+        else:
+            self._queue_training()
 
     # -- the update ------------------------------------------------------------------
 
@@ -292,22 +318,26 @@ class Coordinator:
                                                self.updater.steps, self.cfg.train.checkpoints_kept)
         self.gen_split["optimizer_update"] = self.clock() - started
         r = self.rewards
-        spread = float(np.mean(np.nanmax(r, axis=0) > np.nanmin(r, axis=0))) if np.isfinite(r).any() else 0.0
-        self._record_stats(float(np.nanmean(r)), float(np.nanmax(r)), float(np.nanstd(r)), norm, spread,
-                           int(np.sum(~np.isfinite(r))))
+        differs = np.nanmax(r, axis=0) > np.nanmin(r, axis=0) if np.isfinite(r).any() else np.zeros(r.shape[1], bool)
+        spread_prompts = [i for i, d in zip(self.prompt_indices, differs) if d]
+        self.schedule.observe(self.prompt_indices, spread_prompts)
+        self._record_stats(float(np.nanmean(r)), float(np.nanmax(r)), float(np.nanstd(r)), norm,
+                           float(np.mean(differs)), int(np.sum(~np.isfinite(r))), spread_prompts)
         self.generation += 1
-        if self._training_over(self.seconds_before + self.clock() - (self.train_started or 0.0)):
+        if self._training_over():
             self.training_done = True
         self._open_generation()
 
-    def _training_over(self, seconds_spent: float) -> bool:
+    def _training_over(self) -> bool:
+        """Generations or training time (this process's and earlier ones', evaluations not counted) spent."""
         budget = self.cfg.train.time_budget_seconds
-        return self.generation >= self.cfg.train.generations or (budget > 0 and seconds_spent >= budget)
+        return self.generation >= self.cfg.train.generations or 0 < budget <= sum(s.seconds for s in self.history)
 
     def _record_stats(self, mean: float, best: float, std: float, norm: float, spread: float,
-                      failed: int = 0) -> None:
+                      failed: int = 0, spread_prompts: list[int] | None = None) -> None:
         stats = GenerationStats(self.generation, mean, best, std, self.heldout, self.clock() - self.gen_started,
-                                self.gen_tokens, norm, spread, failed, self.gen_split)
+                                self.gen_tokens, norm, spread, failed, self.gen_split, self.heldout_stderr,
+                                self.heldout_seconds, self.prompt_indices, spread_prompts or [])
         self.history.append(stats)
         self._metrics.write(stats.to_json(final=self.training_done) + "\n")
         self._metrics.flush()

@@ -105,13 +105,18 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
 
 
 def progress_line(stats: GenerationStats, total: int) -> str:
+    training = stats.reward_mean == stats.reward_mean  # not NaN: a training generation
     parts = [f"gen {stats.generation:>4}/{total}"]
-    if stats.reward_mean == stats.reward_mean:  # not NaN: a training generation
-        parts.append(f"reward mean {stats.reward_mean:.3f} max {stats.reward_max:.3f}")
+    parts.append(f"reward mean {stats.reward_mean:.3f} max {stats.reward_max:.3f}" if training
+                 else "final evaluation      ")
+    if stats.heldout_reward is None:
+        parts.append("held-out   -          ")
     else:
-        parts.append("final evaluation      ")
-    parts.append(f"held-out {stats.heldout_reward:.3f}" if stats.heldout_reward is not None else "held-out   -  ")
-    parts.append(f"{stats.tokens_per_second:6.1f} tok/s  {stats.seconds:5.2f} s/gen")
+        parts.append(f"held-out {stats.heldout_reward:.3f}+-{stats.heldout_stderr or 0.0:.3f}")
+    if training:
+        parts.append(f"{stats.tokens_per_second:6.1f} tok/s  {stats.seconds:5.2f} s/gen")
+    if stats.heldout_seconds:
+        parts.append(f"(evaluation {stats.heldout_seconds:.2f} s)")
     if stats.failed_samples:
         parts.append(f"{stats.failed_samples} samples not scored")
     return "  ".join(parts)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import tiny
+from hatchery.ablation import ablation, parse_variants
 from hatchery.bench import QWEN_SHAPES, plot_bench, qwen_shape, run_bench
 from hatchery.bench_reward import run_reward_bench
 from hatchery.bench_sync import loopback_run, run_to_end
@@ -71,6 +72,25 @@ def test_breakdown_splits_a_runs_wall_time_into_what_the_services_reported(tiny_
     assert all(seconds[part] > 0 for part in ("generate", "reward", "noise", "optimizer_update"))
     assert seconds["rpc_and_waiting"] >= 0  # one worker: its parts fit inside the wall time
     assert sum(report["fraction_of_wall"].values()) == pytest.approx(1.0)
+
+
+def test_ablation_summarises_each_run_from_its_metrics(tiny_llama_dir, tmp_path):
+    cfg = parse_config({"run_dir": str(tmp_path / "run"), "model": {"source": str(tiny_llama_dir)},
+                        "grader": "length", "task": {"heldout_size": 4, "max_new_tokens": 4},
+                        "es": {"population": 4}, "train": {"generations": 3, "prompts_per_member": 2,
+                                                           "eval_every": 2}})
+    with loopback_run(cfg) as (coordinator, worker, _):
+        run_to_end(coordinator, worker)
+    report = ablation(parse_variants([f"plain={tmp_path / 'run'}"]))
+    run, history = report["plain"]["runs"][0], coordinator.history
+    assert run["seed"] == 0 and run["generations"] == 3
+    assert run["training_seconds"] == pytest.approx(sum(s.seconds for s in history[:3]))
+    evaluated = [s for s in history if s.heldout_reward is not None]
+    assert [p[1:] for p in run["curve"]] == [[s.heldout_reward, s.heldout_stderr] for s in evaluated]
+    assert report["plain"]["heldout_end_mean"] == run["heldout_end"] == history[-1].heldout_reward
+    assert run["prompts_with_spread"] == pytest.approx(sum(s.prompts_with_spread for s in history[:3]) / 3)
+    with pytest.raises(ValueError, match="is not NAME=RUN_DIR"):
+        parse_variants(["no-run-dirs"])
 
 
 def test_the_gpu_models_have_the_shapes_they_are_named_after():

@@ -21,10 +21,10 @@ def test_stopping_on_the_budget_and_plotting_both_curves(tiny_llama_dir, tmp_pat
     assert [r["step"] for r in rows] == [0, 1]  # the first step spends the budget; it is evaluated and training stops
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("".join(json.dumps(r) + "\n" for r in (
-        {"heldout_reward": 0.25, "reward_mean": 0.1, "seconds": 7.0},
+        {"heldout_reward": 0.25, "heldout_stderr": 0.1, "reward_mean": 0.1, "seconds": 7.0},
         {"heldout_reward": None, "reward_mean": 0.2, "seconds": 8.0},
-        {"heldout_reward": 0.5, "reward_mean": None, "seconds": 3.0})))
-    assert es_heldout_curve(metrics) == [(0.0, 0.25), (15.0, 0.5)]
+        {"heldout_reward": 0.5, "reward_mean": None, "seconds": 3.0})))  # a run from before stderr was kept
+    assert es_heldout_curve(metrics) == [(0.0, 0.25, 0.1), (15.0, 0.5, 0.0)]
     plot_heldout_against_time({"GRPO": [(r["seconds"], r["heldout_reward"], r["stderr"]) for r in rows],
                                "ES": es_heldout_curve(metrics)}, tmp_path / "compare.png")
     assert (tmp_path / "compare.png").read_bytes().startswith(b"\x89PNG")

@@ -57,17 +57,23 @@ def _invalid(call, *args):
 
 
 def test_join_and_leases_cover_the_population(optimizer):
-    stub, coordinator, _ = optimizer
+    stub, coordinator, clock = optimizer
     joined = stub.Join(pb.JoinRequest(worker_id="w1"), timeout=10)
     assert joined.es.population == 4 and joined.grader == "first_integer" and joined.base_model_path
-    evaluation, *leases = [stub.GetWork(pb.GetWorkRequest(worker_id="w1"), timeout=10).lease for _ in range(3)]
+    fp = coordinator.weights_fingerprint
+    evaluation = stub.GetWork(pb.GetWorkRequest(worker_id="w1"), timeout=10).lease
     assert evaluation.kind == pb.LEASE_KIND_EVAL and len(evaluation.prompts) == 4  # held-out, at generation 0
+    # The evaluation runs alone (its time is kept off the training clock): no training lease until it is in.
+    assert not stub.GetWork(pb.GetWorkRequest(worker_id="w1"), timeout=10).HasField("lease")
+    clock.now += 5.0
+    assert stub.ReportResult(_result(evaluation, fp, reward=0.0), timeout=10).accepted
+    leases = [stub.GetWork(pb.GetWorkRequest(worker_id="w1"), timeout=10).lease for _ in range(2)]
     assert {lease.sampling.stop_rule for lease in [evaluation, *leases]} == {"first_integer"}  # arith's early stop
     assert [(lease.kind, lease.member_start, lease.member_end) for lease in leases] == [
         (pb.LEASE_KIND_TRAIN, 0, 2), (pb.LEASE_KIND_TRAIN, 2, 4)]
     assert not stub.GetWork(pb.GetWorkRequest(worker_id="w1"), timeout=10).HasField("lease")
-    fp = coordinator.weights_fingerprint
-    for lease in [evaluation, *leases]:
+    clock.now += 7.0
+    for lease in leases:
         assert stub.ReportResult(_result(lease, fp, reward=float(lease.member_start)), timeout=10).accepted
     work = stub.GetWork(pb.GetWorkRequest(worker_id="w1", applied_generation=0), timeout=10)
     assert [u.generation for u in work.updates] == [0] and len(work.updates[0].fitness) == 4
@@ -75,6 +81,8 @@ def test_join_and_leases_cover_the_population(optimizer):
     status = stub.GetStatus(pb.GetStatusRequest(), timeout=10)
     assert status.generation == 1 and status.workers[0].leases_completed == 3
     assert status.history[0].heldout_reward == 0.0 and status.history[0].reward_mean == 1.0
+    first = coordinator.history[0]
+    assert (first.seconds, first.heldout_seconds, first.heldout_stderr) == (7.0, 5.0, 0.0)
 
 
 @pytest.mark.parametrize("overrides", [{"task": {"heldout_size": 4, "early_stop": False}}, {"grader": "numeric"}])
@@ -84,6 +92,20 @@ def test_early_stop_only_with_the_task_grader(tiny_llama_dir, tmp_path, override
                         "task": {"heldout_size": 4}, **overrides})
     coordinator = Coordinator(cfg, load_model(tiny_llama_dir), tmp_path / "run")
     assert coordinator.get_work("w1", 0).lease.sampling.stop_rule == ""
+
+
+def test_time_budget_counts_training_not_evaluation(tiny_llama_dir, tmp_path):
+    cfg = parse_config({"run_dir": str(tmp_path / "run"), "model": {"source": str(tiny_llama_dir)},
+                        "task": {"heldout_size": 4}, "es": {"population": 2},
+                        "train": {"time_budget_seconds": 10, "eval_every": 1, "prompts_per_member": 1}})
+    clock = Clock()
+    coordinator = Coordinator(cfg, load_model(tiny_llama_dir), tmp_path / "run", clock=clock)
+    while not coordinator.finished.is_set():
+        lease = coordinator.get_work("w1", coordinator.generation).lease
+        clock.now += 100.0 if lease.kind == pb.LEASE_KIND_EVAL else 6.0
+        assert coordinator.report(_result(lease, coordinator.weights_fingerprint)).accepted
+    assert [s.seconds for s in coordinator.history] == [6.0, 6.0, 0.0]  # two generations pass 10 s; final eval
+    assert [s.heldout_seconds for s in coordinator.history] == [100.0] * 3
 
 
 def test_late_duplicate_and_mismatched_results_are_dropped(optimizer):
@@ -102,8 +124,8 @@ def test_expired_lease_goes_to_another_worker(optimizer):
     stub, coordinator, clock = optimizer
     first = stub.GetWork(pb.GetWorkRequest(worker_id="slow"), timeout=10).lease
     clock.now += 31
-    leases = [stub.GetWork(pb.GetWorkRequest(worker_id="fast"), timeout=10).lease for _ in range(2)]
-    assert first.lease_id in {lease.lease_id for lease in leases}
+    again = stub.GetWork(pb.GetWorkRequest(worker_id="fast"), timeout=10).lease
+    assert again.lease_id == first.lease_id
     assert coordinator.lease_reassignments == 1
     late = stub.ReportResult(_result(first, coordinator.weights_fingerprint, worker="slow"), timeout=10)
     assert late.accepted  # the first answer wins; the reassigned copy's answer will be the duplicate

@@ -47,4 +47,5 @@ def logged_length(prompts, completions, reference, **kwargs):
     """The length reward, noting which replica scored it in $REPLICA_LOG."""
     with open(os.environ["REPLICA_LOG"], "a") as f:
         f.write(os.environ["REPLICA_NAME"] + "\n")
-    return [-abs(len(c.strip()) - len(r.strip())) for c, r in zip(completions, reference)]
+    ascii_space = " \t\n\r\f\v"  # as the built-in grader strips: a Unicode space in a completion is kept
+    return [-abs(len(c.strip(ascii_space)) - len(r.strip(ascii_space))) for c, r in zip(completions, reference)]

@@ -1,0 +1,60 @@
+"""`hatchery ablation`: runs of several variants, side by side, from their metrics.
+
+Each variant is a list of run dirs (one per seed). Per run: its seed, the held-out curve
+against training time (evaluations off the clock), the last held-out reward with
+its standard error, generations, seconds per generation and how many generations
+carried signal (some prompt's rewards differed across members). Per variant: the
+mean of the last held-out reward over its seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import yaml
+
+from hatchery.plot import es_heldout_curve, plot_heldout_against_time
+
+
+def run_summary(run_dir: Path) -> dict:
+    metrics = run_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    train = [r for r in rows if r["reward_mean"] is not None]
+    curve = es_heldout_curve(metrics)
+    if not train or not curve:
+        raise ValueError(f"{metrics} holds no finished training generation or no held-out evaluation")
+    seconds = sum(r["seconds"] for r in train)
+    seed = yaml.safe_load((run_dir / "config.yaml").read_text())["es"]["seed"]
+    return {"run_dir": str(run_dir), "seed": seed, "generations": len(train), "training_seconds": seconds,
+            "seconds_per_generation": seconds / len(train),
+            "generations_with_signal": sum(r["prompts_with_spread"] > 0 for r in train),
+            "prompts_with_spread": statistics.fmean(r["prompts_with_spread"] for r in train),
+            "heldout_start": curve[0][1], "heldout_end": curve[-1][1], "heldout_end_stderr": curve[-1][2],
+            "curve": [list(p) for p in curve]}
+
+
+def parse_variants(specs: list[str]) -> dict[str, list[Path]]:
+    """NAME=RUN_DIR[,RUN_DIR...] arguments, in order."""
+    variants = {}
+    for spec in specs:
+        name, sep, dirs = spec.partition("=")
+        if not sep or not name or not dirs:
+            raise ValueError(f"{spec!r} is not NAME=RUN_DIR[,RUN_DIR...]")
+        variants[name] = [Path(d) for d in dirs.split(",")]
+    return variants
+
+
+def ablation(variants: dict[str, list[Path]]) -> dict:
+    report = {}
+    for name, run_dirs in variants.items():
+        runs = [run_summary(d) for d in run_dirs]
+        report[name] = {"heldout_end_mean": statistics.fmean(r["heldout_end"] for r in runs), "runs": runs}
+    return report
+
+
+def plot_ablation(report: dict, out: Path, title: str = "") -> None:
+    curves = {f"{name}, seed {r['seed']}": [tuple(p) for p in r["curve"]]
+              for name, variant in report.items() for r in variant["runs"]}
+    plot_heldout_against_time(curves, out, title)
