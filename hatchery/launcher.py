@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -114,7 +115,9 @@ def _supervise(procs: dict[str, subprocess.Popen], run_dir: Path) -> int:
 
 def run_local(cfg: RunConfig, resume: bool = False) -> int:
     """Starts reward, optimizer and one inference worker; returns the optimizer's exit code.
-    With resume, the optimizer continues the run in cfg.run_dir."""
+    With resume, the optimizer continues the run in cfg.run_dir. SIGTERM (kill, a container
+    stop) ends it as Ctrl-C does: its services are stopped, never left running on their own."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     run_dir = Path(cfg.run_dir)
     ports = run_dir / "ports"
     ports.mkdir(parents=True, exist_ok=True)

@@ -124,7 +124,7 @@ class Worker:
             stop.wait(work.retry_after_seconds)
             return False
         failpoint("lease_received", work.lease.generation)
-        result = self.evaluate(work.lease)
+        result = self.evaluate(work.lease, stop)
         result.update_seconds, self.update_seconds = self.update_seconds, 0.0
         reply = self.optimizer.ReportResult(result, timeout=RPC_TIMEOUT)
         INFERENCE_LEASES.labels(str(reply.accepted).lower()).inc()
@@ -136,21 +136,23 @@ class Worker:
             self.join()
         return False
 
-    def _score(self, samples: list[reward_pb2.Sample]) -> tuple[list[float], list[int]]:
+    def _score(self, samples: list[reward_pb2.Sample], stop: threading.Event) -> tuple[list[float], list[int]]:
         """Scores the completions in hand; a reward service that is down past the client's
-        own retries is waited for (up to the outage limit), so its crash costs no generation."""
+        own retries is waited for (up to the outage limit, or until the worker is told to
+        stop), so its crash costs no generation."""
         down_since = time.monotonic()
         while True:
             try:
                 return self.rewards.score(samples)
             except grpc.RpcError as err:
-                if err.code() not in RETRYABLE or time.monotonic() - down_since > self.outage_limit_seconds:
+                out_of_time = time.monotonic() - down_since > self.outage_limit_seconds
+                if err.code() not in RETRYABLE or out_of_time or stop.is_set():
                     raise
                 log.warning("reward service unreachable (%s); scoring this lease's completions again in %.0f s",
                             err.code().name, REWARD_RETRY_SECONDS)
-                time.sleep(REWARD_RETRY_SECONDS)
+                stop.wait(REWARD_RETRY_SECONDS)
 
-    def evaluate(self, lease: pb.Lease) -> pb.ReportResultRequest:
+    def evaluate(self, lease: pb.Lease, stop: threading.Event) -> pb.ReportResultRequest:
         with self.lock:
             completions = self.evaluator.evaluate(lease)
             fp = self.evaluator.fingerprint()
@@ -164,7 +166,7 @@ class Worker:
         per_prompt = len(lease.prompts)
         samples = [reward_pb2.Sample(prompt=p.text, completion=text, reference=p.reference, metadata=p.metadata)
                    for text, p in zip(completions.texts, list(lease.prompts) * (len(completions.texts) // per_prompt))]
-        rewards, statuses = self._score(samples)
+        rewards, statuses = self._score(samples, stop)
         unscored = sum(s != reward_pb2.SCORE_STATUS_OK for s in statuses)
         if unscored:
             log.warning("lease %s: %d of %d samples not scored (%s)", lease.lease_id, unscored, len(statuses),

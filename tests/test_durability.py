@@ -7,6 +7,7 @@ point), so each test hits the moment it names instead of racing a timer.
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -172,6 +173,29 @@ def test_a_reward_service_crash_costs_no_generation(tiny_llama_dir, tmp_path, un
     assert procs["worker"].wait(timeout=60) == 0
     assert "scoring this lease's completions again" in (tmp_path / "worker.log").read_text()
     _assert_same_run(run_dir, uninterrupted)
+
+
+def test_sigterm_to_a_run_stops_its_services(tiny_llama_dir, tmp_path):
+    """`kill` or a container stop of `hatchery run` must not leave its services training on their own."""
+    config = _config(tiny_llama_dir, tmp_path / "run")
+    config["train"]["generations"] = 10_000
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    run = subprocess.Popen([sys.executable, "-m", "hatchery.cli", "run", str(config_path)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        metrics, deadline = tmp_path / "run" / "metrics.jsonl", time.monotonic() + 300
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 2):  # training under way
+            assert run.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        services = [int(pid) for pid in open(f"/proc/{run.pid}/task/{run.pid}/children").read().split()]
+        assert len(services) == 3
+        run.terminate()
+        assert run.wait(timeout=60) == 128 + signal.SIGTERM
+        assert [pid for pid in services if os.path.exists(f"/proc/{pid}")] == []
+    finally:
+        run.kill()
+        run.wait()
 
 
 def test_a_torn_last_log_line_is_dropped_and_a_corrupt_one_refused(tmp_path):
