@@ -1,30 +1,44 @@
 """`hatchery ablation`: runs of several variants, side by side, from their metrics.
 
-Each variant is a list of run dirs (one per seed). Per run: its seed, the held-out curve
-against training time (evaluations off the clock), the last held-out reward with
-its standard error, generations, seconds per generation and how many generations
-carried signal (some prompt's rewards differed across members). Per variant: the
-mean of the last held-out reward over its seeds.
+Each variant is a list of runs (one per seed): Hatchery run dirs, or the JSON lines of
+`hatchery bench-grpo`, so a GRPO baseline sits in the same table and plot. Per run: its
+seed, the held-out curve against training time (evaluations off the clock), the last
+held-out reward with its standard error; for ES runs also generations, seconds per
+generation and how many generations carried signal (some prompt's rewards differed
+across members). Per variant: the mean of the last held-out reward over its seeds.
 """
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
 import yaml
 
-from hatchery.plot import es_heldout_curve, plot_heldout_against_time
+from hatchery.plot import plot_heldout_against_time
+from hatchery.run_metrics import heldout_curve, metrics_rows, training_rows
 
 
-def run_summary(run_dir: Path) -> dict:
-    metrics = run_dir / "metrics.jsonl"
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    train = [r for r in rows if r["reward_mean"] is not None]
-    curve = es_heldout_curve(metrics)
+def run_summary(run: Path) -> dict:
+    return grpo_summary(run) if run.is_file() else es_summary(run)
+
+
+def grpo_summary(path: Path) -> dict:
+    rows = metrics_rows(path)
+    if not rows:
+        raise ValueError(f"{path} holds no held-out evaluation")
+    curve = [(r["seconds"], r["heldout_reward"], r["stderr"]) for r in rows]
+    return {"run_dir": str(path), "seed": rows[0].get("seed"), "steps": rows[-1]["step"],
+            "training_seconds": curve[-1][0], "heldout_start": curve[0][1], "heldout_end": curve[-1][1],
+            "heldout_end_stderr": curve[-1][2], "curve": [list(p) for p in curve]}
+
+
+def es_summary(run_dir: Path) -> dict:
+    rows = metrics_rows(run_dir)
+    train, curve = training_rows(rows), heldout_curve(rows)
     if not train or not curve:
-        raise ValueError(f"{metrics} holds no finished training generation or no held-out evaluation")
+        raise ValueError(f"{run_dir / 'metrics.jsonl'} holds no finished training generation or no held-out "
+                         "evaluation")
     seconds = sum(r["seconds"] for r in train)
     seed = yaml.safe_load((run_dir / "config.yaml").read_text())["es"]["seed"]
     return {"run_dir": str(run_dir), "seed": seed, "generations": len(train), "training_seconds": seconds,
@@ -36,12 +50,12 @@ def run_summary(run_dir: Path) -> dict:
 
 
 def parse_variants(specs: list[str]) -> dict[str, list[Path]]:
-    """NAME=RUN_DIR[,RUN_DIR...] arguments, in order."""
+    """NAME=RUN[,RUN...] arguments, in order; a RUN is a run dir or a bench-grpo file."""
     variants = {}
     for spec in specs:
         name, sep, dirs = spec.partition("=")
         if not sep or not name or not dirs:
-            raise ValueError(f"{spec!r} is not NAME=RUN_DIR[,RUN_DIR...]")
+            raise ValueError(f"{spec!r} is not NAME=RUN[,RUN...]")
         variants[name] = [Path(d) for d in dirs.split(",")]
     return variants
 

@@ -11,18 +11,17 @@ overlap and the rest can go negative.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from hatchery.run_metrics import metrics_rows, training_rows
 
 PARTS = ("generate", "reward", "update", "noise", "optimizer_update")
 
 
 def time_breakdown(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    train = [r for r in rows if r["reward_mean"] is not None and r.get("time_split")]
+    train = [r for r in training_rows(metrics_rows(run_dir)) if r.get("time_split")]
     if not train:
-        raise ValueError(f"{path} holds no training generation with a time split")
+        raise ValueError(f"{Path(run_dir) / 'metrics.jsonl'} holds no training generation with a time split")
     wall = sum(r["seconds"] for r in train)
     seconds = {part: sum(r["time_split"].get(part, 0.0) for r in train) for part in PARTS}
     seconds["rpc_and_waiting"] = wall - sum(seconds.values())

@@ -147,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     brk.add_argument("--out", default=None, help="also write the JSON here")
 
     abl = sub.add_parser("ablation", help="held-out curves and end rewards of several variants' runs (JSON)")
-    abl.add_argument("variants", nargs="+", metavar="NAME=RUN_DIR[,RUN_DIR...]",
-                     help="a variant's name and its runs, one per seed")
+    abl.add_argument("variants", nargs="+", metavar="NAME=RUN[,RUN...]",
+                     help="a variant's name and its runs, one per seed: run dirs or bench-grpo JSON lines")
     abl.add_argument("--out", default=None, help="also write the JSON here")
     abl.add_argument("--plot", default=None, help="PNG of every run's held-out reward against training time")
 
@@ -265,15 +265,15 @@ def main(argv: list[str] | None = None) -> int:
         return _print_json(run_sync_bench(tuple(_ints(args.widths)), not args.no_smollm2, args.generations), args.out)
     if args.command == "bench-grpo":
         from hatchery.grpo_baseline import run_grpo
-        from hatchery.plot import es_heldout_curve, plot_heldout_against_time
+        from hatchery.plot import plot_heldout_against_time
+        from hatchery.run_metrics import heldout_curve, metrics_rows
 
         rows = run_grpo(Path(args.out), args.model, args.task, args.seed, args.heldout_size, args.budget_seconds,
                         args.max_steps, args.lr, eval_every=args.eval_every)
         if args.plot:
             curves = {"GRPO (TRL)": [(r["seconds"], r["heldout_reward"], r["stderr"]) for r in rows]}
             if args.compare_with:
-                metrics = Path(args.compare_with)
-                curves["Hatchery ES"] = es_heldout_curve(metrics / "metrics.jsonl" if metrics.is_dir() else metrics)
+                curves["Hatchery ES"] = heldout_curve(metrics_rows(args.compare_with))
             plot_heldout_against_time(curves, Path(args.plot), f"{args.task}: held-out reward")
         return 0
     if args.command == "breakdown":

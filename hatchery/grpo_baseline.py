@@ -5,7 +5,8 @@ rewarded by the same built-in grader, and is evaluated on the same held-out prom
 the way a Hatchery run evaluates (greedy, one batch, the task's token limit, the
 chat template). The clock counts training time only: held-out evaluations are
 paused out of it, and training stops once `budget_seconds` of it have passed.
-Each evaluation is one JSON line: step, seconds, heldout_reward, stderr.
+Each evaluation is one JSON line: step, seconds, seed, heldout_reward, stderr (`hatchery
+ablation` reads these files as runs).
 
 TRL is an optional dependency: pip install 'hatchery[grpo]'.
 """
@@ -39,8 +40,9 @@ class HeldoutClock(TrainerCallback):
     """Evaluates every `every` steps on the held-out prompts, keeping evaluation time
     off the training clock, and stops training when the budget is spent."""
 
-    def __init__(self, task: Task, grader: BatchGrader, tokenizer, out: Path, budget_seconds: float, every: int):
-        self.task, self.grader, self.tokenizer, self.out = task, grader, tokenizer, out
+    def __init__(self, task: Task, grader: BatchGrader, tokenizer, out: Path, budget_seconds: float, every: int,
+                 seed: int):
+        self.task, self.grader, self.tokenizer, self.out, self.seed = task, grader, tokenizer, out, seed
         self.budget_seconds, self.every = budget_seconds, every
         self.train_seconds = 0.0
         self.since = 0.0  # set when the step-0 evaluation ends
@@ -55,7 +57,8 @@ class HeldoutClock(TrainerCallback):
         texts = generate(LoadedModel(model, self.tokenizer), [p.text for p in prompts], self.task.max_new_tokens,
                          stop_rule=self.task.stop_rule).texts
         model.train(was_training)
-        row = {"step": step, "seconds": self.train_seconds, **summary(*_scores(self.grader, prompts, texts))}
+        row = {"step": step, "seconds": self.train_seconds, "seed": self.seed,
+               **summary(*_scores(self.grader, prompts, texts))}
         with open(self.out, "a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"step {step:>4}  {self.train_seconds:7.1f} s  held-out {row['heldout_reward']:.3f}", flush=True)
@@ -97,13 +100,16 @@ def run_grpo(out: Path, model: str = EMBEDDED, task_name: str = "arith", seed: i
 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("")
-    clock = HeldoutClock(task, grader, tokenizer, out, budget_seconds, eval_every)
+    clock = HeldoutClock(task, grader, tokenizer, out, budget_seconds, eval_every, seed)
     with tempfile.TemporaryDirectory(prefix="hatchery-grpo-") as scratch:  # the trainer's output_dir; nothing kept
         config = GRPOConfig(
             output_dir=scratch, use_cpu=True, seed=seed, learning_rate=lr,
             per_device_train_batch_size=completions_per_step, num_generations=generations, temperature=temperature,
             max_completion_length=task.max_new_tokens, max_steps=max_steps, logging_steps=1, save_strategy="no",
-            report_to="none", bf16=False, dataloader_num_workers=0)
+            report_to="none", bf16=False, dataloader_num_workers=0,
+            # TRL turns gradient checkpointing on by default: a second forward per step, which a
+            # 135M model on the CPU does not need (the DESIGN.md measurement ran without it).
+            gradient_checkpointing=False)
         GRPOTrainer(model=policy, reward_funcs=reward, args=config, train_dataset=train, processing_class=tokenizer,
                     callbacks=[clock]).train()
     return [json.loads(line) for line in out.read_text().splitlines()]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -10,9 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-
-def _metrics_rows(metrics_path: Path) -> list[dict]:
-    return [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+from hatchery.run_metrics import metrics_rows  # noqa: E402
 
 
 def _save_reward_axes(fig, ax, out: Path, xlabel: str, ylabel: str, title: str) -> None:
@@ -29,7 +26,7 @@ def _save_reward_axes(fig, ax, out: Path, xlabel: str, ylabel: str, title: str) 
 
 
 def plot_rewards(metrics_path: Path, out: Path, title: str = "") -> None:
-    rows = _metrics_rows(metrics_path)
+    rows = metrics_rows(metrics_path)
     train = [(r["generation"], r["reward_mean"]) for r in rows if r["reward_mean"] is not None]
     heldout = [(r["generation"], r["heldout_reward"]) for r in rows if r["heldout_reward"] is not None]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -38,19 +35,6 @@ def plot_rewards(metrics_path: Path, out: Path, title: str = "") -> None:
     if heldout:
         ax.plot(*zip(*heldout), "o-", label="held-out reward (unperturbed)")
     _save_reward_axes(fig, ax, out, "generation", "reward", title)
-
-
-def es_heldout_curve(metrics_path: Path) -> list[tuple[float, float, float]]:
-    """(training seconds, held-out reward, its standard error) of a run: each evaluation
-    is taken before its generation trains, so it sits at the time the earlier generations
-    took (evaluations are off that clock)."""
-    curve, elapsed = [], 0.0
-    for r in _metrics_rows(metrics_path):
-        if r["heldout_reward"] is not None:
-            curve.append((elapsed, r["heldout_reward"], r.get("heldout_stderr") or 0.0))
-        if r["reward_mean"] is not None:
-            elapsed += r["seconds"]
-    return curve
 
 
 def plot_heldout_against_time(curves: dict[str, list[tuple]], out: Path, title: str = "") -> None:

@@ -89,7 +89,7 @@ def test_ablation_summarises_each_run_from_its_metrics(tiny_llama_dir, tmp_path)
     assert [p[1:] for p in run["curve"]] == [[s.heldout_reward, s.heldout_stderr] for s in evaluated]
     assert report["plain"]["heldout_end_mean"] == run["heldout_end"] == history[-1].heldout_reward
     assert run["prompts_with_spread"] == pytest.approx(sum(s.prompts_with_spread for s in history[:3]) / 3)
-    with pytest.raises(ValueError, match="is not NAME=RUN_DIR"):
+    with pytest.raises(ValueError, match="is not NAME=RUN"):
         parse_variants(["no-run-dirs"])
 
 

@@ -3,8 +3,10 @@ held-out evaluation off its training clock; its curve plots next to a run's."""
 
 import json
 
+from hatchery.ablation import run_summary
 from hatchery.grpo_baseline import run_grpo
-from hatchery.plot import es_heldout_curve, plot_heldout_against_time
+from hatchery.plot import plot_heldout_against_time
+from hatchery.run_metrics import heldout_curve, metrics_rows
 
 
 def test_grpo_baseline_logs_heldout_reward_against_training_time(tiny_llama_dir, tmp_path):
@@ -19,12 +21,14 @@ def test_stopping_on_the_budget_and_plotting_both_curves(tiny_llama_dir, tmp_pat
     rows = run_grpo(tmp_path / "grpo.jsonl", model=str(tiny_llama_dir), heldout_size=4, budget_seconds=0.01,
                     completions_per_step=4, generations=2, eval_every=100)
     assert [r["step"] for r in rows] == [0, 1]  # the first step spends the budget; it is evaluated and training stops
+    as_run = run_summary(tmp_path / "grpo.jsonl")  # `hatchery ablation` takes the file as a run
+    assert (as_run["seed"], as_run["steps"], as_run["heldout_end"]) == (0, 1, rows[-1]["heldout_reward"])
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("".join(json.dumps(r) + "\n" for r in (
         {"heldout_reward": 0.25, "heldout_stderr": 0.1, "reward_mean": 0.1, "seconds": 7.0},
         {"heldout_reward": None, "reward_mean": 0.2, "seconds": 8.0},
         {"heldout_reward": 0.5, "reward_mean": None, "seconds": 3.0})))  # a run from before stderr was kept
-    assert es_heldout_curve(metrics) == [(0.0, 0.25, 0.1), (15.0, 0.5, 0.0)]
+    assert heldout_curve(metrics_rows(metrics)) == [(0.0, 0.25, 0.1), (15.0, 0.5, 0.0)]
     plot_heldout_against_time({"GRPO": [(r["seconds"], r["heldout_reward"], r["stderr"]) for r in rows],
-                               "ES": es_heldout_curve(metrics)}, tmp_path / "compare.png")
+                               "ES": heldout_curve(metrics_rows(tmp_path))}, tmp_path / "compare.png")
     assert (tmp_path / "compare.png").read_bytes().startswith(b"\x89PNG")
