@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from hatchery.es.shaping import FailedSamples, Shaping
+from hatchery.es.update import LR_SCHEDULES
 from hatchery.model import DTYPES, EMBEDDED
 from hatchery.schema import ConfigError, check, from_dict
 from hatchery.tasks import TASKS
@@ -46,6 +47,7 @@ class EsConfig:
     rank: int = 1
     sigma: float = 3e-3
     lr: float = 1.2e-2  # absorbs 1/sigma, as in the ES papers
+    lr_schedule: str = "constant"  # or "linear": decays to 0 at the end of the training budget
     noise_reuse: int = 1
     shaping: str = Shaping.CENTERED_ZSCORE.value
     failed_samples: str = FailedSamples.DROP_PAIR.value
@@ -64,7 +66,7 @@ class TrainConfig:
     time_budget_seconds: float = 720.0  # no generation starts after this much training (evals excluded); 0: none
     prompts_per_member: int = 4
     prompt_selection: str = "spread"  # or "uniform"; spread favours prompts that separated the population
-    temperature: float = 0.0  # 0: greedy, deterministic evaluation
+    temperature: float = 0.0  # training leases: 0 greedy, > 0 sampled with noise the members share; eval is greedy
     eval_every: int = 10  # held-out evaluation every this many generations (and at the end)
     members_per_lease: int = 0  # 0: the whole population in one lease
     lease_timeout_seconds: float = 600.0
@@ -117,6 +119,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     check(1 <= es.rank <= 64, "es.rank", "must be between 1 and 64", es.rank)
     check(es.sigma > 0, "es.sigma", "must be > 0", es.sigma)
     check(es.lr > 0, "es.lr", "must be > 0", es.lr)
+    check(es.lr_schedule in LR_SCHEDULES, "es.lr_schedule", f"must be one of {list(LR_SCHEDULES)}", es.lr_schedule)
     check(es.noise_reuse >= 1, "es.noise_reuse", "must be >= 1", es.noise_reuse)
     check(es.seed >= 0, "es.seed", "must be >= 0", es.seed)
     check(es.shaping in {s.value for s in Shaping}, "es.shaping",

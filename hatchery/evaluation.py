@@ -19,6 +19,7 @@ from hatchery.model import EMBEDDED, LoadedModel, generate, load_model, merge_ad
 from hatchery.tasks import load_task
 from hatchery.v1 import reward_pb2 as pb
 from reward_svc.client import Endpoint, RewardClient
+from reward_svc.graders import stop_rule
 
 
 def load_for_eval(model: str, dtype: str = "float32") -> LoadedModel:
@@ -36,9 +37,8 @@ def heldout_reward(model: str, task_name: str = "arith", seed: int = 0, heldout_
     task = load_task(task_name, seed, heldout_size)
     lm = load_for_eval(model, dtype)
     prompts = task.heldout
-    stop_rule = task.stop_rule if grader in ("", task.grader) else ""
     completions = generate(lm, [p.text for p in prompts], max_new_tokens or task.max_new_tokens,
-                           stop_rule=stop_rule).texts
+                           settled=stop_rule(task.stop_rule_for(grader))).texts
     samples = [pb.Sample(prompt=p.text, completion=c, reference=p.reference, metadata=p.metadata)
                for p, c in zip(prompts, completions)]
     if reward_address:

@@ -25,7 +25,7 @@ from hatchery.evaluation import summary
 from hatchery.model import EMBEDDED, LoadedModel, generate, load_tokenizer, resolve_model
 from hatchery.tasks import Task, TaskPrompt, load_task
 from hatchery.v1 import reward_pb2
-from reward_svc.graders import BatchGrader, builtin_graders
+from reward_svc.graders import BatchGrader, builtin_graders, stop_rule
 from reward_svc.server import to_proto
 
 
@@ -55,7 +55,7 @@ class HeldoutClock(TrainerCallback):
         model.eval()
         prompts = self.task.heldout
         texts = generate(LoadedModel(model, self.tokenizer), [p.text for p in prompts], self.task.max_new_tokens,
-                         stop_rule=self.task.stop_rule).texts
+                         settled=stop_rule(self.task.stop_rule)).texts
         model.train(was_training)
         row = {"step": step, "seconds": self.train_seconds, "seed": self.seed,
                **summary(*_scores(self.grader, prompts, texts))}

@@ -11,10 +11,13 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    LogitsProcessor,
+    LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     StoppingCriteria,
@@ -22,7 +25,6 @@ from transformers import (
 )
 
 from hatchery.es.targets import Target
-from reward_svc.graders import first_integer_settled
 
 EMBEDDED = "embedded:smollm2-135m-instruct"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -119,10 +121,6 @@ class Completions:
     prefill_seconds: float = 0.0  # tokenising and the forward passes over the prompts
 
 
-# A task's early stop: a row stops once its grader can read nothing more from it.
-STOP_RULES: dict[str, Callable[[str], bool]] = {"first_integer": first_integer_settled}
-
-
 class _RowsSettled(StoppingCriteria):
     """Stops each row once its completion so far satisfies `settled`."""
 
@@ -132,6 +130,22 @@ class _RowsSettled(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length:], skip_special_tokens=True)
         return torch.tensor([self.settled(t) for t in texts], dtype=torch.bool, device=input_ids.device)
+
+
+class _SharedGumbel(LogitsProcessor):
+    """Samples at `temperature` by the Gumbel-max trick with noise drawn from `seed` per
+    prompt and step: row b answers prompt b % prompts, and the rows of one prompt draw the
+    same noise in every group (common random numbers), so members differ only where their
+    weights make them differ, and a rerun samples the same tokens."""
+
+    def __init__(self, temperature: float, seed: int, prompts: int, prompt_length: int):
+        self.temperature, self.seed, self.prompts, self.prompt_length = temperature, seed, prompts, prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = input_ids.shape[1] - self.prompt_length
+        gumbel = np.random.default_rng([self.seed, step]).gumbel(size=(self.prompts, scores.shape[1]))
+        rows = torch.arange(scores.shape[0]) % self.prompts
+        return scores / self.temperature + torch.from_numpy(gumbel).to(scores)[rows.to(scores.device)]
 
 
 @dataclass(frozen=True)
@@ -180,20 +194,22 @@ def _prefix_then_suffixes(ids: Sequence[Sequence[int]], shared: int, pad: int) -
 
 @torch.inference_mode()
 def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int, temperature: float = 0.0,
-             chat_template: bool = True, *, stop_rule: str = "", groups: RowGroups | None = None) -> Completions:
+             chat_template: bool = True, *, settled: Callable[[str], bool] | None = None,
+             groups: RowGroups | None = None,
+             sampling_seed: int | None = None) -> Completions:
     """One batched generate() over all rows; row order is preserved, which the
     per-row perturbation relies on.
 
-    `groups` says which rows share weights (by default all of them), `stop_rule` names
-    one of STOP_RULES that may end a row before `max_new_tokens`.
+    `groups` says which rows share weights (by default all of them); a row ends before
+    `max_new_tokens` once `settled` holds for its completion (a task's early stop). With temperature > 0,
+    `sampling_seed` makes the sampling noise a function of (seed, prompt, step), shared by
+    the groups; without it every row samples independently.
     """
     start = time.perf_counter()
     tok, model = lm.tokenizer, lm.model
     groups = groups or RowGroups(len(prompts))
     if not prompts or len(prompts) % groups.size:
         raise ValueError(f"{len(prompts)} prompts do not split into groups of {groups.size} rows")
-    if stop_rule and stop_rule not in STOP_RULES:
-        raise ValueError(f"unknown stop rule {stop_rule!r}; known: {sorted(STOP_RULES)}")
     ids = tok(format_prompts(tok, prompts, chat_template), add_special_tokens=False)["input_ids"]
     shared = common_prefix_length(ids)
     input_ids, attention_mask = (t.to(model.device) for t in _prefix_then_suffixes(ids, shared, tok.pad_token_id))
@@ -210,8 +226,13 @@ def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int, tempe
                 prefix = input_ids[::groups.size, :shared]
                 cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).cache
             cache.batch_repeat_interleave(groups.size)
-        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-        stop = StoppingCriteriaList([_RowsSettled(tok, input_ids.shape[1], STOP_RULES[stop_rule])] if stop_rule else [])
+        sampling: dict = {"do_sample": False}
+        if temperature > 0 and sampling_seed is None:
+            sampling = {"do_sample": True, "temperature": temperature}
+        elif temperature > 0:
+            shared_noise = _SharedGumbel(temperature, sampling_seed, groups.size, input_ids.shape[1])
+            sampling["logits_processor"] = LogitsProcessorList([shared_noise])
+        stop = StoppingCriteriaList([_RowsSettled(tok, input_ids.shape[1], settled)] if settled else [])
         with groups.weights(groups.size):
             out = model.generate(input_ids=input_ids, attention_mask=attention_mask, cache=cache,
                                  max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, top_p=None,

@@ -10,6 +10,7 @@ from hatchery.es import EsUpdater, NoiseKey, PopulationNoise, find_targets, pert
 from hatchery.model import Completions, LoadedModel, RowGroups, fingerprint, generate
 from hatchery.settings import step_rule
 from hatchery.v1 import optimizer_pb2 as pb
+from reward_svc.graders import stop_rule
 
 
 class Evaluator:
@@ -55,14 +56,16 @@ class Evaluator:
         texts = [p.text for p in lease.prompts]
         s = lease.sampling
         decoding = (s.max_new_tokens, s.temperature, s.chat_template)
+        settled = stop_rule(s.stop_rule)
         self.noise_seconds = 0.0
         if lease.kind == pb.LEASE_KIND_EVAL:
-            return generate(self.lm, texts, *decoding, stop_rule=s.stop_rule)
+            return generate(self.lm, texts, *decoding, settled=settled)
         members = range(lease.member_start, lease.member_end)
         noise = self._population_noise(lease.generation, sorted({m // 2 for m in members}))
 
         def as_members(rows_per_member: int):  # row b of a batch runs member b // rows_per_member
             return perturbed(self.targets, noise, [m for m in members for _ in range(rows_per_member)], lease.sigma)
 
-        return generate(self.lm, texts * len(members), *decoding, stop_rule=s.stop_rule,
-                        groups=RowGroups(len(texts), as_members))
+        return generate(self.lm, texts * len(members), *decoding, settled=settled,
+                        groups=RowGroups(len(texts), as_members),
+                        sampling_seed=s.sampling_seed if s.HasField("sampling_seed") else None)

@@ -30,7 +30,7 @@ from hatchery.checkpoint import (
     write_checkpoint,
 )
 from hatchery.config import RunConfig
-from hatchery.es import EsUpdater, find_targets, shape_fitness
+from hatchery.es import EsUpdater, find_targets, sampling_seed, scheduled_lr, shape_fitness
 from hatchery.failpoints import failpoint
 from hatchery.model import LoadedModel, fingerprint
 from hatchery.settings import es_settings, step_rule
@@ -162,20 +162,25 @@ class Coordinator:
 
     # -- schedule -----------------------------------------------------------------
 
-    def _sampling(self) -> pb.Sampling:
-        return pb.Sampling(max_new_tokens=self.max_new_tokens, temperature=self.cfg.train.temperature,
-                           chat_template=self.cfg.task.chat_template, stop_rule=self._stop_rule())
+    def _sampling(self, kind: pb.LeaseKind) -> pb.Sampling:
+        """Held-out evaluation is greedy; training samples at train.temperature with noise
+        shared by the members, so sampling adds no noise of its own to their fitness."""
+        sampling = pb.Sampling(max_new_tokens=self.max_new_tokens, chat_template=self.cfg.task.chat_template,
+                               stop_rule=self._stop_rule())
+        if kind == pb.LEASE_KIND_TRAIN and self.cfg.train.temperature > 0:
+            sampling.temperature = self.cfg.train.temperature
+            sampling.sampling_seed = sampling_seed(self.cfg.es.seed, self.generation)
+        return sampling
 
     def _stop_rule(self) -> str:
-        """The task's early stop, when the run scores with the task's own grader (another grader may
-        read more of a completion)."""
+        """The task's early stop, unless switched off or the run scores with reward services of
+        its own (their graders may read more of a completion)."""
         cfg = self.cfg
-        own_grader = not cfg.reward.services and cfg.grader in ("", self.task.grader)
-        return self.task.stop_rule if cfg.task.early_stop and own_grader else ""
+        return self.task.stop_rule_for(cfg.grader) if cfg.task.early_stop and not cfg.reward.services else ""
 
-    def _new_lease(self, **fields) -> pb.Lease:
+    def _new_lease(self, kind: pb.LeaseKind, **fields) -> pb.Lease:
         lease_id = f"{self._lease_prefix}-g{self.generation}-{next(self._lease_ids)}"
-        return pb.Lease(lease_id=lease_id, generation=self.generation, sampling=self._sampling(),
+        return pb.Lease(lease_id=lease_id, kind=kind, generation=self.generation, sampling=self._sampling(kind),
                         deadline_seconds=self.cfg.train.lease_timeout_seconds, **fields)
 
     def _open_generation(self) -> None:
@@ -193,7 +198,7 @@ class Coordinator:
         self.prompt_indices: list[int] = []  # the training leases' prompts and rewards, once they are queued
         self.rewards = np.full((self.cfg.es.population, 0), np.nan)
         if g % tr.eval_every == 0 or self.training_done:
-            self.pending.append(self._new_lease(kind=pb.LEASE_KIND_EVAL,
+            self.pending.append(self._new_lease(pb.LEASE_KIND_EVAL,
                                                 prompts=_proto_prompts(self.task.heldout)))
         else:
             self._queue_training()
@@ -207,7 +212,7 @@ class Coordinator:
         self.rewards = np.full((n, len(prompts)), np.nan)
         chunk = tr.members_per_lease or n
         for start in range(0, n, chunk):
-            self.pending.append(self._new_lease(kind=pb.LEASE_KIND_TRAIN, member_start=start,
+            self.pending.append(self._new_lease(pb.LEASE_KIND_TRAIN, member_start=start,
                                                 member_end=min(n, start + chunk), sigma=self.cfg.es.sigma,
                                                 prompts=_proto_prompts(prompts)))
 
@@ -306,8 +311,9 @@ class Coordinator:
         es = self.cfg.es
         started = self.clock()
         fitness = shape_fitness(self.rewards, es.shaping, es.failed_samples)
+        lr = scheduled_lr(es.lr, es.lr_schedule, self._budget_spent())
         record = pb.UpdateRecord(generation=self.generation, noise_epoch=self.generation // es.noise_reuse,
-                                 lr=es.lr, sigma=es.sigma, fitness=fitness.tolist())
+                                 lr=lr, sigma=es.sigma, fitness=fitness.tolist())
         self.log.append(record)
         failpoint("log_appended", self.generation)
         norm = self.updater.apply(record.noise_epoch, record.lr, fitness)
@@ -328,10 +334,17 @@ class Coordinator:
             self.training_done = True
         self._open_generation()
 
+    def _budget_spent(self) -> float:
+        """The share of the training budget spent: of its generations or of its training time (this
+        process's and earlier ones', evaluations not counted), whichever runs out first."""
+        tr = self.cfg.train
+        spent = self.generation / tr.generations
+        if tr.time_budget_seconds > 0:
+            spent = max(spent, sum(s.seconds for s in self.history) / tr.time_budget_seconds)
+        return spent
+
     def _training_over(self) -> bool:
-        """Generations or training time (this process's and earlier ones', evaluations not counted) spent."""
-        budget = self.cfg.train.time_budget_seconds
-        return self.generation >= self.cfg.train.generations or 0 < budget <= sum(s.seconds for s in self.history)
+        return self._budget_spent() >= 1.0
 
     def _record_stats(self, mean: float, best: float, std: float, norm: float, spread: float,
                       failed: int = 0, spread_prompts: list[int] | None = None) -> None:

@@ -129,6 +129,17 @@ def first_integer_settled(completion: str) -> bool:
     return found is not None and found.end() < len(completion)
 
 
+# A task's early stop, by name: a completion is settled once its grader can read nothing more from it.
+STOP_RULES: dict[str, Callable[[str], bool]] = {"first_integer": first_integer_settled}
+
+
+def stop_rule(name: str) -> Callable[[str], bool] | None:
+    """The settled test `name` stands for; None for "" (no early stop)."""
+    if name and name not in STOP_RULES:
+        raise ValueError(f"unknown stop rule {name!r}; known: {sorted(STOP_RULES)}")
+    return STOP_RULES[name] if name else None
+
+
 _THINK_THEN_ANSWER = "</think>\n<answer>"
 _EQUATION_CHARS = re.compile(r"[0-9+\-*/() ]+")
 _TOKEN = re.compile(r"\s*([0-9]+|[-+*/()])")

@@ -22,6 +22,7 @@ def test_default_config_is_valid():
     ({"es": {"sigma": "big"}}, "es.sigma"),
     ({"es": {"lr": float("nan")}}, "es.lr"),
     ({"es": {"shaping": "magic"}}, "es.shaping"),
+    ({"es": {"lr_schedule": "cosine"}}, "es.lr_schedule"),
     ({"es": {"target_modules": ["("]}}, "es.target_modules"),
     ({"train": {"generations": 0}}, "train.generations"),
     ({"train": {"prompts_per_member": True}}, "train.prompts_per_member"),

@@ -6,8 +6,8 @@ import torch
 
 import tiny
 from hatchery.es import NoiseKey, PopulationNoise, find_targets, materialised_member, perturbed
-from hatchery.model import LoadedModel, RowGroups, common_prefix_length, format_prompts, generate
-from reward_svc.graders import first_integer, first_integer_settled
+from hatchery.model import LoadedModel, RowGroups, _SharedGumbel, common_prefix_length, format_prompts, generate
+from reward_svc.graders import first_integer, first_integer_settled, stop_rule
 
 SIGMA = 0.05
 NEW_TOKENS = 6
@@ -47,6 +47,33 @@ def test_members_sharing_a_prefix_cache_answer_as_they_would_alone(kind):
     assert generate(lm, PROMPTS, NEW_TOKENS).texts == [_alone(lm, p) for p in PROMPTS]  # unperturbed, one group
 
 
+def test_shared_sampling_noise_gives_every_group_the_same_draw():
+    """With a sampling seed, groups with the same weights sample the same tokens for a
+    prompt, a rerun samples them again, and another seed samples others."""
+    tok = tiny.tokenizer()
+    lm = LoadedModel(tiny.model("llama", len(tok)), tok)
+
+    def sample(seed: int) -> list[str]:
+        return generate(lm, PROMPTS * 3, NEW_TOKENS, temperature=1.0, groups=RowGroups(len(PROMPTS)),
+                        sampling_seed=seed).texts
+
+    drawn = sample(7)
+    assert drawn[:3] == drawn[3:6] == drawn[6:]
+    assert sample(7) == drawn
+    assert sample(8) != drawn
+    assert drawn[:3] != generate(lm, PROMPTS, NEW_TOKENS).texts  # sampled, not greedy
+
+
+def test_shared_gumbel_noise_samples_the_tempered_softmax():
+    logits = torch.tensor([[0.0, 1.0, 2.0]] * 2)
+    temperature, draws = 0.5, 4000
+    picks = torch.stack([_SharedGumbel(temperature, seed, 1, 0)(torch.zeros(2, 0), logits).argmax(dim=1)
+                         for seed in range(draws)])
+    assert torch.equal(picks[:, 0], picks[:, 1])  # two rows of one prompt: one draw
+    frequencies = torch.bincount(picks[:, 0], minlength=3) / draws
+    assert torch.allclose(frequencies, torch.softmax(logits[0] / temperature, dim=0), atol=0.02)
+
+
 def test_common_prefix_leaves_every_row_a_token_of_its_own():
     assert common_prefix_length([[1, 2, 3, 4], [1, 2, 5]]) == 2
     assert common_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2
@@ -62,7 +89,7 @@ def test_first_integer_stop_keeps_every_grade_and_saves_tokens():
         lm.model.get_input_embeddings().weight[digits] *= 1.5
     prompts = [f"What is {a} + {b}?" for a in range(4) for b in range(4)]
     full = generate(lm, prompts, NEW_TOKENS)
-    stopped = generate(lm, prompts, NEW_TOKENS, stop_rule="first_integer")
+    stopped = generate(lm, prompts, NEW_TOKENS, settled=stop_rule("first_integer"))
     for whole, short in zip(full.texts, stopped.texts):
         assert whole.startswith(short)
         assert short == whole or first_integer_settled(short)
@@ -75,6 +102,6 @@ def test_bad_stop_rule_and_groups_are_refused():
     tok = tiny.tokenizer()
     lm = LoadedModel(tiny.model("llama", len(tok)), tok)
     with pytest.raises(ValueError, match="unknown stop rule 'first_word'"):
-        generate(lm, PROMPTS, NEW_TOKENS, stop_rule="first_word")
+        stop_rule("first_word")
     with pytest.raises(ValueError, match="3 prompts do not split into groups of 2 rows"):
         generate(lm, PROMPTS, NEW_TOKENS, groups=RowGroups(2))

@@ -15,6 +15,7 @@ from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import optimizer_pb2_grpc, reward_pb2
 from optimizer_svc.coordinator import Coordinator
 from optimizer_svc.server import optimizer_server
+from optimizer_svc.update_log import read_log
 
 
 class Clock:
@@ -94,6 +95,24 @@ def test_early_stop_only_with_the_task_grader(tiny_llama_dir, tmp_path, override
     assert coordinator.get_work("w1", 0).lease.sampling.stop_rule == ""
 
 
+def test_training_samples_with_noise_the_members_share_and_evaluation_is_greedy(tiny_llama_dir, tmp_path):
+    cfg = parse_config({"run_dir": str(tmp_path / "run"), "model": {"source": str(tiny_llama_dir)},
+                        "task": {"heldout_size": 4}, "es": {"population": 4},
+                        "train": {"temperature": 0.7, "members_per_lease": 2, "prompts_per_member": 1}})
+    coordinator = Coordinator(cfg, load_model(tiny_llama_dir), tmp_path / "run")
+    evaluation = coordinator.get_work("w1", 0).lease
+    assert evaluation.sampling.temperature == 0 and not evaluation.sampling.HasField("sampling_seed")
+    coordinator.report(_result(evaluation, coordinator.weights_fingerprint))
+    seeds = []
+    for generation in (0, 1):
+        leases = [coordinator.get_work("w1", generation).lease for _ in range(2)]
+        assert [(lease.generation, lease.sampling.temperature) for lease in leases] == [(generation, 0.7)] * 2
+        seeds.append({lease.sampling.sampling_seed for lease in leases})
+        for lease in leases:
+            coordinator.report(_result(lease, coordinator.weights_fingerprint))
+    assert len(seeds[0]) == len(seeds[1]) == 1 and seeds[0] != seeds[1]  # one draw per generation
+
+
 def test_time_budget_counts_training_not_evaluation(tiny_llama_dir, tmp_path):
     cfg = parse_config({"run_dir": str(tmp_path / "run"), "model": {"source": str(tiny_llama_dir)},
                         "task": {"heldout_size": 4}, "es": {"population": 2},
@@ -106,6 +125,22 @@ def test_time_budget_counts_training_not_evaluation(tiny_llama_dir, tmp_path):
         assert coordinator.report(_result(lease, coordinator.weights_fingerprint)).accepted
     assert [s.seconds for s in coordinator.history] == [6.0, 6.0, 0.0]  # two generations pass 10 s; final eval
     assert [s.heldout_seconds for s in coordinator.history] == [100.0] * 3
+
+
+@pytest.mark.parametrize(("budget", "spent"), [({"time_budget_seconds": 10, "generations": 100}, [0, 0.4, 0.8]),
+                                              ({"time_budget_seconds": 0, "generations": 4}, [0, 0.25, 0.5, 0.75])])
+def test_a_linear_lr_schedule_decays_over_the_training_budget(tiny_llama_dir, tmp_path, budget, spent):
+    """Time or generations, whichever runs out first; evaluations are not on that clock."""
+    cfg = parse_config({"run_dir": str(tmp_path / "run"), "model": {"source": str(tiny_llama_dir)},
+                        "task": {"heldout_size": 4}, "es": {"population": 2, "lr": 0.5, "lr_schedule": "linear"},
+                        "train": {"eval_every": 2, "prompts_per_member": 1, **budget}})
+    clock = Clock()
+    coordinator = Coordinator(cfg, load_model(tiny_llama_dir), tmp_path / "run", clock=clock)
+    while not coordinator.finished.is_set():
+        lease = coordinator.get_work("w1", coordinator.generation).lease
+        clock.now += 100.0 if lease.kind == pb.LEASE_KIND_EVAL else 4.0
+        assert coordinator.report(_result(lease, coordinator.weights_fingerprint, reward=float(lease.member_start)))
+    assert [r.lr for r in read_log(tmp_path / "run" / "updates.jsonl")] == pytest.approx([0.5 * (1 - s) for s in spent])
 
 
 def test_late_duplicate_and_mismatched_results_are_dropped(optimizer):

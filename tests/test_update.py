@@ -74,6 +74,10 @@ def test_shaping_methods():
     z = shape_fitness(r, "centered_zscore")
     assert z[2] > 0 and abs(z.sum()) < 1e-9
     assert shape_fitness(r, "centered_rank").tolist() == [0.0, -0.5, 0.5, 0.0]
+    assert shape_fitness(r, "centered").tolist() == [0.0, -0.5, 0.5, 0.0]
+    # Centring alone keeps the size of the reward differences; the z-score drops it.
+    assert shape_fitness(r / 4, "centered").tolist() == [0.0, -0.125, 0.125, 0.0]
+    assert np.allclose(shape_fitness(r / 4, "centered_zscore"), z)
     assert shape_fitness(r, "antithetic_sign").tolist() == [1.0, -1.0, 1.0, -1.0]
     zs = shape_fitness(r, "zscore")
     assert abs(zs.mean()) < 1e-9 and abs(zs.std() - 1) < 1e-9

@@ -21,6 +21,11 @@ def noise_seed(seed: int, epoch: int, pair: int, name: str) -> int:
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
 
 
+def sampling_seed(seed: int, generation: int) -> int:
+    """Seed of one generation's shared sampling noise (a key no parameter name can take)."""
+    return noise_seed(seed, generation, 0, "<sampling>")
+
+
 def low_rank_factors(seed: int, epoch: int, pair: int, name: str,
                      out_features: int, in_features: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A (out x r) and B (in x r), standard normal, for one pair and matrix."""

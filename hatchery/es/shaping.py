@@ -14,6 +14,7 @@ import numpy as np
 
 class Shaping(str, Enum):
     CENTERED_ZSCORE = "centered_zscore"  # per-prompt centring, then global z-score (EGGROLL)
+    CENTERED = "centered"  # per-prompt centring only: a step grows with the reward differences behind it
     CENTERED_RANK = "centered_rank"  # centred ranks in [-0.5, 0.5] (OpenAI ES)
     ZSCORE = "zscore"  # z-score of mean rewards (Qiu et al.)
     ANTITHETIC_SIGN = "antithetic_sign"  # sign of each pair's difference
@@ -63,9 +64,9 @@ def shape_fitness(rewards: np.ndarray, shaping: Shaping | str = Shaping.CENTERED
     if not live.any():
         return fitness
     r = r[live]
-    if shaping is Shaping.CENTERED_ZSCORE:
+    if shaping in (Shaping.CENTERED_ZSCORE, Shaping.CENTERED):
         centred = r - r.mean(axis=0, keepdims=True)
-        std = centred.std()
+        std = centred.std() if shaping is Shaping.CENTERED_ZSCORE else 1.0
         shaped = np.zeros(len(r)) if std < 1e-12 else (centred / std).mean(axis=1)
     elif shaping is Shaping.CENTERED_RANK:
         shaped = _centered_ranks(r.mean(axis=1))

@@ -17,6 +17,16 @@ import torch
 from hatchery.es.noise import low_rank_factors, rank_scale
 from hatchery.es.targets import Target
 
+LR_SCHEDULES = ("constant", "linear")
+
+
+def scheduled_lr(lr: float, schedule: str, progress: float) -> float:
+    """The step size once `progress` (0 to 1) of the training budget is spent: constant, or
+    decayed linearly to 0 at the end of the budget (smaller steps, less noise, late in a run)."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+    return lr if schedule == "constant" else lr * max(0.0, 1.0 - progress)
+
 
 @dataclass(frozen=True)
 class StepRule:

@@ -189,16 +189,18 @@ class Prompt(_message.Message):
     def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., reference: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Sampling(_message.Message):
-    __slots__ = ("max_new_tokens", "temperature", "chat_template", "stop_rule")
+    __slots__ = ("max_new_tokens", "temperature", "chat_template", "stop_rule", "sampling_seed")
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     STOP_RULE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_SEED_FIELD_NUMBER: _ClassVar[int]
     max_new_tokens: int
     temperature: float
     chat_template: bool
     stop_rule: str
-    def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., chat_template: _Optional[bool] = ..., stop_rule: _Optional[str] = ...) -> None: ...
+    sampling_seed: int
+    def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., chat_template: _Optional[bool] = ..., stop_rule: _Optional[str] = ..., sampling_seed: _Optional[int] = ...) -> None: ...
 
 class Lease(_message.Message):
     __slots__ = ("lease_id", "kind", "generation", "member_start", "member_end", "sigma", "prompts", "sampling", "deadline_seconds")
