@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     grpo.add_argument("--out", required=True, help="JSON lines, one per held-out evaluation")
     grpo.add_argument("--model", default="embedded:smollm2-135m-instruct", help="a local Hugging Face folder")
     grpo.add_argument("--task", default="arith")
-    grpo.add_argument("--seed", type=int, default=0)
+    grpo.add_argument("--seed", type=int, default=0, help="the trainer's seed")
+    grpo.add_argument("--task-seed", type=int, default=0, help="the train / held-out split, as a run's task.seed")
     grpo.add_argument("--heldout-size", type=int, default=128)
     grpo.add_argument("--budget-seconds", type=float, default=720.0, help="of training time, evaluations excluded")
     grpo.add_argument("--max-steps", type=int, default=10_000)
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         from hatchery.run_metrics import heldout_curve, metrics_rows
 
         rows = run_grpo(Path(args.out), args.model, args.task, args.seed, args.heldout_size, args.budget_seconds,
-                        args.max_steps, args.lr, eval_every=args.eval_every)
+                        args.max_steps, args.lr, eval_every=args.eval_every, task_seed=args.task_seed)
         if args.plot:
             curves = {"GRPO (TRL)": [(r["seconds"], r["heldout_reward"], r["stderr"]) for r in rows]}
             if args.compare_with:
