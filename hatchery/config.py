@@ -45,7 +45,7 @@ class EsConfig:
     seed: int = 0
     population: int = 16
     rank: int = 1
-    sigma: float = 3e-3
+    sigma: float = 1.2e-2
     lr: float = 1.2e-2  # absorbs 1/sigma, as in the ES papers
     lr_schedule: str = "constant"  # or "linear": decays to 0 at the end of the training budget
     noise_reuse: int = 1
