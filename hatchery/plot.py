@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from hatchery.run_metrics import metrics_rows  # noqa: E402
+from hatchery.run_metrics import metrics_rows, training_rows  # noqa: E402
 
 
 def _save_reward_axes(fig, ax, out: Path, xlabel: str, ylabel: str, title: str) -> None:
@@ -27,7 +27,7 @@ def _save_reward_axes(fig, ax, out: Path, xlabel: str, ylabel: str, title: str) 
 
 def plot_rewards(metrics_path: Path, out: Path, title: str = "") -> None:
     rows = metrics_rows(metrics_path)
-    train = [(r["generation"], r["reward_mean"]) for r in rows if r["reward_mean"] is not None]
+    train = [(r["generation"], r["reward_mean"]) for r in training_rows(rows)]
     heldout = [(r["generation"], r["heldout_reward"]) for r in rows if r["heldout_reward"] is not None]
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
