@@ -54,6 +54,25 @@ def test_pair_groups_recognises_only_contiguous_equal_groups():
     assert pair_groups([0, None]) is None
 
 
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_targets_fed_one_input_share_one_projection(kind):
+    """q, k and v see one input, as do gate and up: one B^T x serves them all, so a Llama
+    block runs 4 projections for its 7 targets; o_proj, guessed a sibling of q, k and v,
+    is split off once it is seen with its own input (as is GPT-2's attention c_proj)."""
+    tok, model, targets, key, noise = _setup(kind, rank=2)
+    ids = tok(["What is 3 + 4?"] * 6, return_tensors="pt").input_ids
+
+    def bmm_calls() -> int:
+        with torch.no_grad(), torch.profiler.profile() as prof:
+            model(ids)
+        return sum(e.count for e in prof.key_averages() if e.key == "aten::bmm")
+
+    plain = bmm_calls()
+    with perturbed(targets, noise, list(range(6)), SIGMA):
+        bmm_calls()  # the first forward finds which targets share an input
+        assert bmm_calls() - plain == 4 * model.config.num_hidden_layers
+
+
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "gpt2"])
 def test_kv_cache_decoding_matches_materialised_members(kind):
     tok, model, targets, key, noise = _setup(kind, rank=2)
