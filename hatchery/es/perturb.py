@@ -116,7 +116,7 @@ def perturbed(targets: Sequence[Target], noise: PopulationNoise, members: Sequen
             x = args[0]
             if x.shape[0] != rows:
                 raise RuntimeError(f"batch has {x.shape[0]} rows but the member map has {rows}")
-            h_t = projections.of(target.name, x.reshape(groups, -1, x.shape[-1]), x)
+            h_t = projections.of(target.name, x)
             return output.view(groups, -1, output.shape[-1]).baddbmm_(h_t.transpose(1, 2), a_t).view_as(output)
 
         return hook
@@ -156,22 +156,23 @@ class _SharedProjections:
 
     def __init__(self, targets: Sequence[Target], b_t: dict[str, torch.Tensor], row_scales: torch.Tensor,
                  rank: int):
-        self.row_scales, self.rank = row_scales, rank
+        self.row_scales, self.rank = row_scales, rank  # row_scales: (groups, 1, rows per group, 1)
         self.run_of = {name: run for run in sibling_runs(targets) for name in run}
         self.factors = {run: torch.cat([b_t[n] for n in run], dim=1) for run in set(self.run_of.values())}
         self.latest: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}  # run -> (input, its h)
 
-    def of(self, name: str, grouped_x: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """(groups, r, rows-in-group x tokens) for target `name` fed x (grouped_x: x as (groups, ., in))."""
+    def of(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """(groups, r, rows-in-group x tokens) for target `name` fed x."""
         run = self.run_of[name]
         i = run.index(name)
         if i and (run not in self.latest or self.latest[run][0] is not x):
             run, i = self._split(run, i), 0
         if i == 0:
             # (B^T x^T) with the skinny factor on the left runs 2-3x faster on CPU BLAS than x B.
+            groups, rows_per_group = self.row_scales.shape[0], self.row_scales.shape[2]
+            grouped_x = x.reshape(groups, -1, x.shape[-1])
             h_t = torch.bmm(self.factors[run], grouped_x.transpose(1, 2))  # (groups, siblings r, rows*tokens)
-            g, width = h_t.shape[:2]
-            h_t.view(g, width, self.row_scales.shape[2], -1).mul_(self.row_scales)
+            h_t.view(groups, h_t.shape[1], rows_per_group, -1).mul_(self.row_scales)
             self.latest[run] = (x, h_t)
         h_t = self.latest[run][1]
         if i == len(run) - 1:  # the last sibling: release the input
