@@ -101,6 +101,20 @@ class _Workload:
                 self.generate(self.one_member)
 
 
+def cpu_description() -> str:
+    """The CPU's model name and the vector extensions that decide float32 and bf16 speed
+    (figures from two CPUs of one machine kind differ by 2x)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = fields.get("flags", "").split()
+    extensions = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{fields.get('model name', platform.machine())} ({', '.join(extensions) or 'no AVX2'})"
+
+
 def _timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
@@ -181,7 +195,7 @@ def run_bench(models: Sequence[str], dtypes: Sequence[str], batches: Sequence[in
                 naive += [{**case, **naive_row(lm, n, prompts, min(ranks), new_tokens, naive_repeats)}
                           for n in naive_populations]
     gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") else None
-    return {"machine": {"cpu_threads": torch.get_num_threads(), "processor": platform.processor(),
+    return {"machine": {"cpu_threads": torch.get_num_threads(), "cpu": cpu_description(),
                         "machine": platform.machine(), "torch": torch.__version__, "device": device, "gpu": gpu},
             "date": time.strftime("%Y-%m-%d"), "sigma": SIGMA, "throughput": throughput, "naive": naive}
 
