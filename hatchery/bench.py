@@ -103,7 +103,7 @@ class _Workload:
 
 def cpu_description() -> str:
     """The CPU's model name and the vector extensions that decide float32 and bf16 speed
-    (figures from two CPUs of one machine kind differ by 2x)."""
+    (two CPUs of one machine kind here generate 1.8x apart)."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
