@@ -112,9 +112,11 @@ def test_all_three_services_export_their_metrics_during_a_run(tiny_llama_dir, tm
                  method="/hatchery.v1.OptimizerService/ReportResult", code="OK") >= 4
     assert value(inf, "hatchery_inference_generated_tokens", "hatchery_inference_generated_tokens_total",
                  kind="train") > 0
-    assert value(inf, "hatchery_inference_leases", "hatchery_inference_leases_total", accepted="true") >= 4
+    # The worker exits as soon as the run is over, so its last scrape can precede its last leases
+    # (on a fast CPU the whole run takes a few scrapes): these counters must have counted, not all.
+    assert value(inf, "hatchery_inference_leases", "hatchery_inference_leases_total", accepted="true") >= 1
     assert value(inf, "hatchery_inference_prefill_duration_seconds",
-                 "hatchery_inference_prefill_duration_seconds_count", kind="train") >= 2
+                 "hatchery_inference_prefill_duration_seconds_count", kind="train") >= 1
     assert value(rew, "hatchery_reward_samples", "hatchery_reward_samples_total", grader="length", status="ok") > 0
 
     # the dashboard shipped with the chart queries only series these services exported
