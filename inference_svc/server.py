@@ -143,7 +143,7 @@ class Worker:
         down_since = time.monotonic()
         while True:
             try:
-                return self.rewards.score(samples)
+                return self.rewards.score(samples, stop)
             except grpc.RpcError as err:
                 out_of_time = time.monotonic() - down_since > self.outage_limit_seconds
                 if err.code() not in RETRYABLE or out_of_time or stop.is_set():

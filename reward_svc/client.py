@@ -12,7 +12,7 @@ import itertools
 import logging
 import math
 import random
-import time
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -70,14 +70,17 @@ class RewardClient:
         self.batch_size, self.backoff_seconds = batch_size, backoff_seconds
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="reward-client")
 
-    def score(self, samples: Sequence[pb.Sample]) -> tuple[list[float], list[int]]:
+    def score(self, samples: Sequence[pb.Sample],
+              stop: threading.Event | None = None) -> tuple[list[float], list[int]]:
         """Rewards and statuses (hatchery.v1.ScoreStatus), one per sample; a reward is
         meaningful only where its status is OK. Raises the last grpc.RpcError when a
-        service stays unreachable through all retries."""
+        service stays unreachable through all retries, or at once when `stop` is set
+        (a worker shutting down does not sit out the backoff)."""
         n = len(samples)
         jobs = [(service, samples[i:i + self.batch_size]) for service in self.services
                 for i in range(0, n, self.batch_size)]
-        flat = [r for chunk in self._pool.map(lambda job: self._call(*job), jobs) for r in chunk]
+        flat = [r for chunk in self._pool.map(lambda job: self._call(*job, stop or threading.Event()), jobs)
+                for r in chunk]
         rewards, statuses = [0.0] * n, [pb.SCORE_STATUS_OK] * n
         for k, service in enumerate(self.services):
             for i, r in enumerate(flat[k * n:(k + 1) * n]):
@@ -87,7 +90,7 @@ class RewardClient:
                     rewards[i] += service.endpoint.weight * r.score
         return rewards, statuses
 
-    def _call(self, service: _Service, samples: Sequence[pb.Sample]) -> list[pb.SampleScore]:
+    def _call(self, service: _Service, samples: Sequence[pb.Sample], stop: threading.Event) -> list[pb.SampleScore]:
         request = pb.ScoreRequest(samples=samples, grader=service.endpoint.grader)
         for attempt in range(self.retries + 1):
             replica = next(service.turn) % len(service.stubs)
@@ -95,13 +98,14 @@ class RewardClient:
                 reply = service.stubs[replica].Score(request, timeout=self.timeout_seconds)
                 break
             except grpc.RpcError as err:
-                if err.code() not in RETRYABLE or attempt == self.retries:
+                if err.code() not in RETRYABLE or attempt == self.retries or stop.is_set():
                     raise
                 delay = min(self.backoff_seconds * 2**attempt, MAX_BACKOFF_SECONDS) * random.uniform(0.5, 1.0)
                 log.warning("reward service %s: %s (%s); retry %d of %d in %.1f s",
                             service.endpoint.addresses[replica], err.code().name, err.details(), attempt + 1,
                             self.retries, delay)
-                time.sleep(delay)
+                if stop.wait(delay):
+                    raise
         results = list(reply.results)
         if len(results) != len(samples):
             error = f"{service.endpoint.addresses[replica]} returned {len(results)} results for {len(samples)} samples"

@@ -105,3 +105,40 @@ def test_junk_from_a_remote_service_becomes_failed_samples():
     assert statuses == [pb.SCORE_STATUS_FAILED] * 3 + [pb.SCORE_STATUS_OK] and rewards[3] == 0.5
     client.close()
     server.stop()
+
+
+class Unavailable(reward_pb2_grpc.RewardServiceServicer):
+    """A reward service that is up but answers every call UNAVAILABLE (restarting), counting them."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def Score(self, request, context):
+        self.calls += 1
+        context.abort(grpc.StatusCode.UNAVAILABLE, "restarting")
+
+
+def test_a_client_told_to_stop_gives_up_its_retries():
+    """A worker shutting down must not sit out the backoff of a reward service that is down."""
+    unavailable = Unavailable()
+    server = Server([pb.DESCRIPTOR.services_by_name["RewardService"].full_name])
+    reward_pb2_grpc.add_RewardServiceServicer_to_server(unavailable, server.grpc)
+    server.start()
+    client = RewardClient([Endpoint([server.address])], retries=3, backoff_seconds=0.01)
+    with pytest.raises(grpc.RpcError):
+        client.score(SAMPLES[:1])
+    assert unavailable.calls == 4  # not stopped: every retry
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(grpc.RpcError) as err:
+        client.score(SAMPLES[:1], stop)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and unavailable.calls == 5  # stopped: one attempt
+    slow = RewardClient([Endpoint([server.address])], retries=3, backoff_seconds=60)
+    stop.clear()
+    threading.Timer(0.5, stop.set).start()  # told to stop while it backs off (5-10 s before its first retry)
+    with pytest.raises(grpc.RpcError):
+        slow.score(SAMPLES[:1], stop)
+    assert unavailable.calls == 6  # no retry after the stop
+    client.close()
+    slow.close()
+    server.stop(grace=0)
