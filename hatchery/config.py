@@ -17,9 +17,9 @@ import yaml
 from hatchery.es.shaping import FailedSamples, Shaping
 from hatchery.es.update import LR_SCHEDULES
 from hatchery.model import DTYPES, EMBEDDED
+from hatchery.prompt_schedule import SELECTIONS
 from hatchery.schema import ConfigError, check, from_dict
 from hatchery.tasks import TASKS
-from optimizer_svc.prompt_schedule import SELECTIONS
 from reward_svc.specs import BUILTIN_NAMES, parse_specs
 
 

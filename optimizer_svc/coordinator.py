@@ -33,11 +33,11 @@ from hatchery.config import RunConfig
 from hatchery.es import EsUpdater, find_targets, sampling_seed, scheduled_lr, shape_fitness
 from hatchery.failpoints import failpoint
 from hatchery.model import LoadedModel, fingerprint
+from hatchery.prompt_schedule import PromptSchedule
 from hatchery.settings import es_settings, step_rule
 from hatchery.tasks import Task, TaskPrompt, load_task
 from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import reward_pb2
-from optimizer_svc.prompt_schedule import PromptSchedule
 from optimizer_svc.update_log import UpdateLog
 
 
