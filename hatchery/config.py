@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from hatchery.es.shaping import FailedSamples, Shaping
-from hatchery.es.update import LR_SCHEDULES
+from hatchery.es.update import LR_SCHEDULES, OPTIMIZERS
 from hatchery.model import DTYPES, EMBEDDED
 from hatchery.prompt_schedule import SELECTIONS
 from hatchery.schema import ConfigError, check, from_dict
@@ -56,6 +56,7 @@ class EsConfig:
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
+    momentum: float = 0.9  # optimizer "momentum": decay of the running average of ES gradients
     target_modules: list[str] = field(default_factory=lambda: [".*"])
     exclude_modules: list[str] = field(default_factory=lambda: ["lm_head"])
 
@@ -126,7 +127,8 @@ def validate(cfg: RunConfig) -> RunConfig:
            f"must be one of {[s.value for s in Shaping]}", es.shaping)
     check(es.failed_samples in {s.value for s in FailedSamples}, "es.failed_samples",
            f"must be one of {[s.value for s in FailedSamples]}", es.failed_samples)
-    check(es.optimizer in ("sgd", "adam"), "es.optimizer", "must be 'sgd' or 'adam'", es.optimizer)
+    check(es.optimizer in OPTIMIZERS, "es.optimizer", f"must be one of {', '.join(OPTIMIZERS)}", es.optimizer)
+    check(0 <= es.momentum < 1, "es.momentum", "must be in [0, 1)", es.momentum)
     check(0 <= es.adam_beta1 < 1, "es.adam_beta1", "must be in [0, 1)", es.adam_beta1)
     check(0 <= es.adam_beta2 < 1, "es.adam_beta2", "must be in [0, 1)", es.adam_beta2)
     check(es.adam_eps > 0, "es.adam_eps", "must be > 0", es.adam_eps)

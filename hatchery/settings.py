@@ -12,7 +12,8 @@ def es_settings(cfg: RunConfig) -> pb.EsSettings:
     return pb.EsSettings(seed=es.seed, rank=es.rank, population=es.population, noise_reuse=es.noise_reuse,
                          target_modules=es.target_modules, exclude_modules=es.exclude_modules,
                          optimizer=es.optimizer, adam_beta1=es.adam_beta1, adam_beta2=es.adam_beta2,
-                         adam_eps=es.adam_eps, weight_decay=es.weight_decay, dtype=cfg.model.dtype)
+                         adam_eps=es.adam_eps, weight_decay=es.weight_decay, momentum=es.momentum,
+                         dtype=cfg.model.dtype)
 
 
 def reward_settings(cfg: RunConfig) -> pb.RewardSettings:
@@ -24,4 +25,4 @@ def reward_settings(cfg: RunConfig) -> pb.RewardSettings:
 
 
 def step_rule(es: pb.EsSettings) -> StepRule:
-    return StepRule(es.optimizer, es.adam_beta1, es.adam_beta2, es.adam_eps, es.weight_decay)
+    return StepRule(es.optimizer, es.adam_beta1, es.adam_beta2, es.adam_eps, es.weight_decay, es.momentum)

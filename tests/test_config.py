@@ -23,6 +23,8 @@ def test_default_config_is_valid():
     ({"es": {"lr": float("nan")}}, "es.lr"),
     ({"es": {"shaping": "magic"}}, "es.shaping"),
     ({"es": {"lr_schedule": "cosine"}}, "es.lr_schedule"),
+    ({"es": {"optimizer": "lion"}}, "es.optimizer"),
+    ({"es": {"momentum": 1.0}}, "es.momentum"),
     ({"es": {"target_modules": ["("]}}, "es.target_modules"),
     ({"train": {"generations": 0}}, "train.generations"),
     ({"train": {"prompts_per_member": True}}, "train.prompts_per_member"),

@@ -212,11 +212,12 @@ def test_a_torn_last_log_line_is_dropped_and_a_corrupt_one_refused(tmp_path):
         UpdateLog(path)
 
 
-def test_checkpoint_restores_weights_and_adam_state_exactly(tiny_llama_dir, tmp_path):
+@pytest.mark.parametrize("optimizer, moment", [("adam", "adam_m/"), ("momentum", "momentum/")])
+def test_checkpoint_restores_weights_and_optimizer_state_exactly(tiny_llama_dir, tmp_path, optimizer, moment):
     from hatchery.model import load_model
 
     def updater():
-        return EsUpdater(find_targets(load_model(tiny_llama_dir).model), seed=3, rank=2, rule=StepRule("adam"))
+        return EsUpdater(find_targets(load_model(tiny_llama_dir).model), seed=3, rank=2, rule=StepRule(optimizer))
 
     fitness = [[1.0, -1.0, 0.5, 0.2], [0.3, 0.1, -2.0, 1.0], [-1.0, 1.0, 0.0, 0.4]]
     straight = updater()
@@ -235,7 +236,7 @@ def test_checkpoint_restores_weights_and_adam_state_exactly(tiny_llama_dir, tmp_
     for a, b in zip(straight.targets, second.targets):
         assert torch.equal(a.weight, b.weight), a.name
     saved = load_file(ckpt.path)
-    assert any(k.startswith("adam_m/") for k in saved) and any(k.startswith("master/") for k in saved)
+    assert any(k.startswith(moment) for k in saved) and any(k.startswith("master/") for k in saved)
 
 
 def test_config_refuses_bad_checkpoint_settings():

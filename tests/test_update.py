@@ -11,6 +11,7 @@ from hatchery.es import (
     NoiseKey,
     PopulationNoise,
     StepRule,
+    es_gradient,
     find_targets,
     member_noise,
     openes_update,
@@ -34,7 +35,8 @@ def test_update_equals_explicit_sum_of_member_noise():
             torch.testing.assert_close(t.logical_weight(), expected, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("rule", [StepRule("sgd"), StepRule("sgd", weight_decay=0.1), StepRule("adam")])
+@pytest.mark.parametrize("rule", [StepRule("sgd"), StepRule("sgd", weight_decay=0.1), StepRule("momentum"),
+                                  StepRule("adam")])
 def test_the_reported_norm_is_the_norm_of_the_weight_change(rule):
     model = tiny.model("llama", len(tiny.tokenizer()))
     targets = find_targets(model)
@@ -42,6 +44,21 @@ def test_the_reported_norm_is_the_norm_of_the_weight_change(rule):
     norm = EsUpdater(targets, 1, 3, rule).apply(0, 0.02, [0.5, -1.0, 2.0, 0.3])
     change = sum(float((t.logical_weight().double() - w).pow(2).sum()) for t, w in zip(targets, before)) ** 0.5
     assert norm == pytest.approx(change, rel=1e-4)
+
+
+def test_momentum_steps_along_the_bias_corrected_average_of_es_gradients():
+    targets = find_targets(tiny.model("llama", len(tiny.tokenizer())))
+    t, seed, rank, lr = targets[0], 4, 2, 0.01
+    fitness = [[0.5, -1.0, 2.0, 0.3], [1.0, 0.2, -0.4, 0.9]]
+    g0, g1 = (es_gradient(t, seed, epoch, rank, f) for epoch, f in enumerate(fitness))
+    updater = EsUpdater(targets, seed, rank, StepRule("momentum", momentum=0.5))
+    w0 = t.logical_weight().clone()
+    updater.apply(0, lr, fitness[0])
+    w1 = t.logical_weight().clone()
+    torch.testing.assert_close(w1 - w0, lr * g0)  # the first step is SGD's
+    updater.apply(1, lr, fitness[1])
+    # m = 0.5 m + 0.5 g, divided by 1 - 0.5^2: g0 weighs 1/3, g1 2/3
+    torch.testing.assert_close(t.logical_weight() - w1, lr * (g0 / 3 + 2 * g1 / 3))
 
 
 @pytest.mark.parametrize("fitness", [np.zeros(8), np.full(8, 3.0)])
@@ -102,11 +119,11 @@ def _synthetic_objective():
     return model, x, y, find_targets(model, exclude_modules=[])
 
 
-@pytest.mark.parametrize("rule", [StepRule("sgd"), StepRule("adam")])
+@pytest.mark.parametrize("rule", [StepRule("sgd"), StepRule("momentum"), StepRule("adam")])
 def test_eggroll_improves_a_synthetic_objective(rule):
     model, x, y, targets = _synthetic_objective()
     pop, sigma, rank = 16, 0.1, 2
-    lr = 0.3 if rule.optimizer == "sgd" else 0.05
+    lr = 0.05 if rule.optimizer == "adam" else 0.3
     updater = EsUpdater(targets, seed=1, rank=rank, rule=rule)
 
     def loss() -> float:

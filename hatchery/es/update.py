@@ -18,6 +18,8 @@ from hatchery.es.noise import low_rank_factors, rank_scale
 from hatchery.es.targets import Target
 
 LR_SCHEDULES = ("constant", "linear")
+OPTIMIZERS = ("sgd", "momentum", "adam")
+_MOMENTS = ("adam_m", "adam_v", "momentum")  # per-matrix optimizer state, by state_dict prefix
 
 
 def scheduled_lr(lr: float, schedule: str, progress: float) -> float:
@@ -32,11 +34,12 @@ def scheduled_lr(lr: float, schedule: str, progress: float) -> float:
 class StepRule:
     """How an ES gradient becomes a step."""
 
-    optimizer: str = "sgd"  # "sgd" or "adam"
+    optimizer: str = "sgd"  # one of OPTIMIZERS
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
+    momentum: float = 0.9  # "momentum": decay of the running average of ES gradients
 
 
 def gradient_factors(target: Target, seed: int, epoch: int, rank: int,
@@ -74,14 +77,13 @@ class EsUpdater:
     """Applies update records to a model's targets; replays identically anywhere."""
 
     def __init__(self, targets: Sequence[Target], seed: int, rank: int, rule: StepRule = StepRule()):
-        if rule.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {rule.optimizer!r}")
+        if rule.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {rule.optimizer!r}")
         self.targets = list(targets)
         self.seed, self.rank, self.rule = seed, rank, rule
         # float32 CPU weights are their own master copy; others get a float32 clone.
         self.master = {t.name: self._master_of(t) for t in self.targets}
-        self.adam_m: dict[str, torch.Tensor] = {}
-        self.adam_v: dict[str, torch.Tensor] = {}
+        self.moments: dict[str, dict[str, torch.Tensor]] = {kind: {} for kind in _MOMENTS}  # kind -> name -> t
         self.steps = 0
 
     def apply(self, epoch: int, lr: float, fitness: Sequence[float]) -> float:
@@ -108,10 +110,10 @@ class EsUpdater:
         return norm_sq ** 0.5
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """What a replay from here needs: float32 master weights and Adam moments."""
+        """What a replay from here needs: float32 master weights and the optimizer's moments."""
         state = {f"master/{n}": w.contiguous() for n, w in self.master.items()}
-        state.update({f"adam_m/{n}": m for n, m in self.adam_m.items()})
-        state.update({f"adam_v/{n}": v for n, v in self.adam_v.items()})
+        for kind, moments in self.moments.items():
+            state.update({f"{kind}/{n}": m for n, m in moments.items()})
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor], steps: int) -> None:
@@ -123,8 +125,8 @@ class EsUpdater:
             w = self.master[t.name]
             w.copy_(state[f"master/{t.name}"])
             self._store(t)
-        self.adam_m = {k.removeprefix("adam_m/"): v.clone() for k, v in state.items() if k.startswith("adam_m/")}
-        self.adam_v = {k.removeprefix("adam_v/"): v.clone() for k, v in state.items() if k.startswith("adam_v/")}
+        self.moments = {kind: {k.removeprefix(f"{kind}/"): v.clone() for k, v in state.items()
+                               if k.startswith(f"{kind}/")} for kind in _MOMENTS}
         self.steps = steps
 
     @staticmethod
@@ -142,11 +144,15 @@ class EsUpdater:
         return w if self._aliased(t) else w.float().cpu().clone()
 
     def _step(self, name: str, grad: torch.Tensor, lr: float) -> torch.Tensor:
-        if self.rule.optimizer == "sgd":
-            return lr * grad
         r = self.rule
-        m = self.adam_m.setdefault(name, torch.zeros_like(grad))
-        v = self.adam_v.setdefault(name, torch.zeros_like(grad))
+        if r.optimizer == "sgd":
+            return lr * grad
+        if r.optimizer == "momentum":  # a bias-corrected average: the first step is SGD's
+            m = self.moments["momentum"].setdefault(name, torch.zeros_like(grad))
+            m.mul_(r.momentum).add_(grad, alpha=1 - r.momentum)
+            return lr * m / (1 - r.momentum ** self.steps)
+        m = self.moments["adam_m"].setdefault(name, torch.zeros_like(grad))
+        v = self.moments["adam_v"].setdefault(name, torch.zeros_like(grad))
         m.mul_(r.adam_beta1).add_(grad, alpha=1 - r.adam_beta1)
         v.mul_(r.adam_beta2).addcmul_(grad, grad, value=1 - r.adam_beta2)
         m_hat = m / (1 - r.adam_beta1 ** self.steps)

@@ -108,7 +108,7 @@ class CheckpointChunk(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class EsSettings(_message.Message):
-    __slots__ = ("seed", "rank", "population", "noise_reuse", "target_modules", "exclude_modules", "optimizer", "adam_beta1", "adam_beta2", "adam_eps", "weight_decay", "dtype")
+    __slots__ = ("seed", "rank", "population", "noise_reuse", "target_modules", "exclude_modules", "optimizer", "adam_beta1", "adam_beta2", "adam_eps", "weight_decay", "dtype", "momentum")
     SEED_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     POPULATION_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,7 @@ class EsSettings(_message.Message):
     ADAM_EPS_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
+    MOMENTUM_FIELD_NUMBER: _ClassVar[int]
     seed: int
     rank: int
     population: int
@@ -133,7 +134,8 @@ class EsSettings(_message.Message):
     adam_eps: float
     weight_decay: float
     dtype: str
-    def __init__(self, seed: _Optional[int] = ..., rank: _Optional[int] = ..., population: _Optional[int] = ..., noise_reuse: _Optional[int] = ..., target_modules: _Optional[_Iterable[str]] = ..., exclude_modules: _Optional[_Iterable[str]] = ..., optimizer: _Optional[str] = ..., adam_beta1: _Optional[float] = ..., adam_beta2: _Optional[float] = ..., adam_eps: _Optional[float] = ..., weight_decay: _Optional[float] = ..., dtype: _Optional[str] = ...) -> None: ...
+    momentum: float
+    def __init__(self, seed: _Optional[int] = ..., rank: _Optional[int] = ..., population: _Optional[int] = ..., noise_reuse: _Optional[int] = ..., target_modules: _Optional[_Iterable[str]] = ..., exclude_modules: _Optional[_Iterable[str]] = ..., optimizer: _Optional[str] = ..., adam_beta1: _Optional[float] = ..., adam_beta2: _Optional[float] = ..., adam_eps: _Optional[float] = ..., weight_decay: _Optional[float] = ..., dtype: _Optional[str] = ..., momentum: _Optional[float] = ...) -> None: ...
 
 class GetWorkRequest(_message.Message):
     __slots__ = ("worker_id", "applied_generation")
