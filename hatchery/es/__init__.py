@@ -8,7 +8,7 @@ from hatchery.es.targets import Target, find_targets
 from hatchery.es.update import LR_SCHEDULES, OPTIMIZERS, EsUpdater, StepRule, es_gradient, scheduled_lr
 
 __all__ = [
-    "LR_SCHEDULES", "OPTIMIZERS", "EsUpdater", "FailedSamples", "NoiseKey", "PopulationNoise", "Shaping", "StepRule", "Target",
-    "dense_noise", "es_gradient", "find_targets", "low_rank_factors", "materialised_member",
+    "LR_SCHEDULES", "OPTIMIZERS", "EsUpdater", "FailedSamples", "NoiseKey", "PopulationNoise", "Shaping", "StepRule",
+    "Target", "dense_noise", "es_gradient", "find_targets", "low_rank_factors", "materialised_member",
     "member_noise", "noise_seed", "openes_update", "perturbed", "sampling_seed", "scheduled_lr", "shape_fitness",
 ]
