@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -132,6 +133,20 @@ class _RowsSettled(StoppingCriteria):
         return torch.tensor([self.settled(t) for t in texts], dtype=torch.bool, device=input_ids.device)
 
 
+class GenerationInterrupted(RuntimeError):
+    """generate() was told to stop before its rows finished: its completions are partial."""
+
+
+class _Interrupt(StoppingCriteria):
+    """Stops every row once `event` is set (the caller is shutting down)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
 class _SharedGumbel(LogitsProcessor):
     """Samples at `temperature` by the Gumbel-max trick with noise drawn from `seed` per
     prompt and step: row b answers prompt b % prompts, and the rows of one prompt draw the
@@ -196,14 +211,16 @@ def _prefix_then_suffixes(ids: Sequence[Sequence[int]], shared: int, pad: int) -
 def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int, temperature: float = 0.0,
              chat_template: bool = True, *, settled: Callable[[str], bool] | None = None,
              groups: RowGroups | None = None,
-             sampling_seed: int | None = None) -> Completions:
+             sampling_seed: int | None = None, interrupt: threading.Event | None = None) -> Completions:
     """One batched generate() over all rows; row order is preserved, which the
     per-row perturbation relies on.
 
     `groups` says which rows share weights (by default all of them); a row ends before
     `max_new_tokens` once `settled` holds for its completion (a task's early stop). With temperature > 0,
     `sampling_seed` makes the sampling noise a function of (seed, prompt, step), shared by
-    the groups; without it every row samples independently.
+    the groups; without it every row samples independently. Once `interrupt` is set,
+    generation stops at the next token and GenerationInterrupted is raised: partial
+    completions must not be scored as if whole.
     """
     start = time.perf_counter()
     tok, model = lm.tokenizer, lm.model
@@ -233,12 +250,16 @@ def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int, tempe
             shared_noise = _SharedGumbel(temperature, sampling_seed, groups.size, input_ids.shape[1])
             sampling["logits_processor"] = LogitsProcessorList([shared_noise])
         stop = StoppingCriteriaList([_RowsSettled(tok, input_ids.shape[1], settled)] if settled else [])
+        if interrupt is not None:
+            stop.append(_Interrupt(interrupt))
         with groups.weights(groups.size):
             out = model.generate(input_ids=input_ids, attention_mask=attention_mask, cache=cache,
                                  max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, top_p=None,
                                  top_k=None, stopping_criteria=stop, **sampling)
     finally:
         hook.remove()
+    if interrupt is not None and interrupt.is_set():
+        raise GenerationInterrupted(f"generation of {len(prompts)} rows stopped after {len(forwards)} forward passes")
     new = out[:, input_ids.shape[1]:]
     ended = (new == tok.eos_token_id).cumsum(dim=1) > 0
     stopped = (~ended & (new == tok.pad_token_id)).cumsum(dim=1) > 0  # padding after an early stop

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import torch
@@ -49,8 +50,9 @@ class Evaluator:
         self.noise_seconds = time.perf_counter() - started
         return self._noise
 
-    def evaluate(self, lease: pb.Lease) -> Completions:
-        """Completions in lease order: member-major, then prompt (one row for each)."""
+    def evaluate(self, lease: pb.Lease, interrupt: threading.Event | None = None) -> Completions:
+        """Completions in lease order: member-major, then prompt (one row for each); raises
+        GenerationInterrupted once `interrupt` is set."""
         if lease.generation != self.applied_generation:
             raise ValueError(f"lease for generation {lease.generation} but weights are at {self.applied_generation}")
         texts = [p.text for p in lease.prompts]
@@ -59,7 +61,7 @@ class Evaluator:
         settled = stop_rule(s.stop_rule)
         self.noise_seconds = 0.0
         if lease.kind == pb.LEASE_KIND_EVAL:
-            return generate(self.lm, texts, *decoding, settled=settled)
+            return generate(self.lm, texts, *decoding, settled=settled, interrupt=interrupt)
         members = range(lease.member_start, lease.member_end)
         noise = self._population_noise(lease.generation, sorted({m // 2 for m in members}))
 
@@ -68,4 +70,4 @@ class Evaluator:
 
         return generate(self.lm, texts * len(members), *decoding, settled=settled,
                         groups=RowGroups(len(texts), as_members),
-                        sampling_seed=s.sampling_seed if s.HasField("sampling_seed") else None)
+                        sampling_seed=s.sampling_seed if s.HasField("sampling_seed") else None, interrupt=interrupt)

@@ -24,7 +24,7 @@ from hatchery.metrics import (
     INFERENCE_TOKENS,
     serve_metrics,
 )
-from hatchery.model import generate, load_model
+from hatchery.model import GenerationInterrupted, generate, load_model
 from hatchery.security import Tls, service_token
 from hatchery.serving import Server, channel, invalid_argument_on_value_error, stop_event_on_signals
 from hatchery.v1 import inference_pb2, inference_pb2_grpc, optimizer_pb2_grpc, reward_pb2
@@ -124,7 +124,11 @@ class Worker:
             stop.wait(work.retry_after_seconds)
             return False
         failpoint("lease_received", work.lease.generation)
-        result = self.evaluate(work.lease, stop)
+        try:
+            result = self.evaluate(work.lease, stop)
+        except GenerationInterrupted:  # told to stop: the lease goes back to the optimizer at its deadline
+            log.info("lease %s dropped unfinished: the worker is stopping", work.lease.lease_id)
+            return False
         result.update_seconds, self.update_seconds = self.update_seconds, 0.0
         reply = self.optimizer.ReportResult(result, timeout=RPC_TIMEOUT)
         INFERENCE_LEASES.labels(str(reply.accepted).lower()).inc()
@@ -154,7 +158,7 @@ class Worker:
 
     def evaluate(self, lease: pb.Lease, stop: threading.Event) -> pb.ReportResultRequest:
         with self.lock:
-            completions = self.evaluator.evaluate(lease)
+            completions = self.evaluator.evaluate(lease, stop)
             fp = self.evaluator.fingerprint()
             noise_seconds = self.evaluator.noise_seconds
         kind = "eval" if lease.kind == pb.LEASE_KIND_EVAL else "train"

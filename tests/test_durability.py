@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -196,6 +197,28 @@ def test_sigterm_to_a_run_stops_its_services(tiny_llama_dir, tmp_path):
     finally:
         run.kill()
         run.wait()
+
+
+def test_a_worker_told_to_stop_mid_lease_drops_it_at_the_next_token(tiny_llama_dir, tmp_path):
+    """A stop (SIGTERM) cuts the forward pass in hand short: the partial completions are
+    not scored or reported, and the lease returns to the optimizer at its deadline."""
+    from hatchery.bench_sync import loopback_run
+
+    config = _config(tiny_llama_dir, tmp_path / "run")
+    config["task"]["max_new_tokens"] = 64
+    with loopback_run(parse_config(config)) as (coordinator, worker, _):
+        stop, forwards = threading.Event(), []
+
+        def stop_at_the_second_forward(*_):
+            forwards.append(1)
+            if len(forwards) == 2:
+                stop.set()
+
+        worker.evaluator.lm.model.register_forward_hook(stop_at_the_second_forward)
+        worker.run(stop)
+        assert len(forwards) == 2  # not the lease's 64 tokens
+        assert worker.leases_completed == 0
+        assert len(coordinator.outstanding) == 1 and coordinator.history == []  # handed out, never reported
 
 
 def test_a_torn_last_log_line_is_dropped_and_a_corrupt_one_refused(tmp_path):

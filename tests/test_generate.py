@@ -1,12 +1,22 @@
 """Batched generation: a shared-prefix cache per member and the task's early stop
 give the completions each member would give alone, on real tiny models."""
 
+import threading
+
 import pytest
 import torch
 
 import tiny
 from hatchery.es import NoiseKey, PopulationNoise, find_targets, materialised_member, perturbed
-from hatchery.model import LoadedModel, RowGroups, _SharedGumbel, common_prefix_length, format_prompts, generate
+from hatchery.model import (
+    GenerationInterrupted,
+    LoadedModel,
+    RowGroups,
+    _SharedGumbel,
+    common_prefix_length,
+    format_prompts,
+    generate,
+)
 from reward_svc.graders import first_integer, first_integer_settled, stop_rule
 
 SIGMA = 0.05
@@ -105,3 +115,28 @@ def test_bad_stop_rule_and_groups_are_refused():
         stop_rule("first_word")
     with pytest.raises(ValueError, match="3 prompts do not split into groups of 2 rows"):
         generate(lm, PROMPTS, NEW_TOKENS, groups=RowGroups(2))
+
+
+def test_an_interrupt_ends_generation_at_the_next_token_and_raises():
+    tok = tiny.tokenizer()
+    lm = LoadedModel(tiny.model("llama", len(tok)), tok)
+    interrupt, forwards = threading.Event(), []
+
+    def count_and_interrupt_at_the_third(*_):
+        forwards.append(1)
+        if len(forwards) == 3 and arm:
+            interrupt.set()
+
+    hook = lm.model.register_forward_hook(count_and_interrupt_at_the_third)
+    try:
+        arm = False
+        generate(lm, PROMPTS, 30, interrupt=interrupt)
+        whole = len(forwards)
+        forwards.clear()
+        arm = True
+        with pytest.raises(GenerationInterrupted, match="stopped after 3 forward passes"):
+            generate(lm, PROMPTS, 30, interrupt=interrupt)
+    finally:
+        hook.remove()
+    assert whole > 20  # unset, the rows run on (the tiny model's rows end by length, not EOS)
+    assert len(forwards) == 3  # the shared prefix, the rows' prompts, one decode step: then it stopped
