@@ -16,6 +16,8 @@ from enum import Enum
 from fractions import Fraction
 from typing import Protocol
 
+import regex
+
 
 class SampleLike(Protocol):
     """What a grader reads of a sample; hatchery.v1.Sample has these fields."""
@@ -88,6 +90,8 @@ class PerSample:
             grade = self.grader(s.prompt, s.completion, s.reference, s.metadata)
         except NotApplicable as err:
             return Outcome.failed(str(err), Status.NOT_APPLICABLE)
+        except TimeoutError as err:
+            return Outcome.failed(str(err), Status.TIMED_OUT)
         except Exception as err:  # a grader bug costs one sample, not the batch
             return Outcome.failed(f"{type(err).__name__}: {err}")
         return Outcome.of_score(grade.score, grade.sub_scores)
@@ -315,17 +319,27 @@ def numeric(prompt: str, completion: str, reference: str, metadata: Mapping[str,
 
 class Regex:
     """A format reward: match_score when the pattern is found (mode "search") or covers the
-    whole completion (mode "fullmatch"), else miss_score."""
+    whole completion (mode "fullmatch"), else miss_score.
 
-    def __init__(self, pattern: str, mode: str = "search", match_score: float = 1.0, miss_score: float = 0.0):
+    Patterns come from users' configs, and one that backtracks catastrophically on some
+    completion would hold a server thread for good: matching runs under a time limit
+    (the `regex` package's, which `re` lacks), past which the sample fails instead.
+    """
+
+    def __init__(self, pattern: str, mode: str = "search", match_score: float = 1.0, miss_score: float = 0.0,
+                 timeout_seconds: float = 1.0):
         if mode not in ("search", "fullmatch"):
             raise ValueError(f"mode must be 'search' or 'fullmatch', got {mode!r}")
-        self.pattern = re.compile(pattern, re.DOTALL)
+        self.pattern = regex.compile(pattern, regex.DOTALL)
         self.match = self.pattern.search if mode == "search" else self.pattern.fullmatch
-        self.match_score, self.miss_score = match_score, miss_score
+        self.match_score, self.miss_score, self.timeout_seconds = match_score, miss_score, timeout_seconds
 
     def __call__(self, prompt: str, completion: str, reference: str, metadata: Mapping[str, str]) -> Grade:
-        return Grade(self.match_score if self.match(completion) else self.miss_score)
+        try:
+            found = self.match(completion, timeout=self.timeout_seconds)
+        except TimeoutError:
+            raise TimeoutError(f"pattern {self.pattern.pattern!r} ran past {self.timeout_seconds:g} s") from None
+        return Grade(self.match_score if found else self.miss_score)
 
 
 class Combined:

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import regex
+
 from hatchery.schema import ConfigError, check, from_dict
 from reward_svc.graders import BatchGrader, Combined, PerSample, Regex, builtin_graders
 
@@ -27,6 +29,7 @@ class RegexSpec:
     mode: str = "search"  # or "fullmatch"
     match_score: float = 1.0
     miss_score: float = 0.0
+    timeout_seconds: float = 1.0  # per completion; past it the sample fails (FAILED), the service carries on
 
 
 @dataclass(frozen=True)
@@ -86,9 +89,10 @@ def parse_specs(data: Mapping[str, Any], prefix: str = "graders.") -> dict[str, 
 def _check_spec(spec: Any, key: str) -> None:
     if isinstance(spec, RegexSpec):
         check(spec.mode in ("search", "fullmatch"), f"{key}.mode", "must be 'search' or 'fullmatch'", spec.mode)
+        check(spec.timeout_seconds > 0, f"{key}.timeout_seconds", "must be > 0", spec.timeout_seconds)
         try:
-            re.compile(spec.pattern)
-        except re.error as err:
+            regex.compile(spec.pattern)
+        except regex.error as err:
             raise ConfigError(f"{key}.pattern: bad regular expression {spec.pattern!r}: {err}") from None
     elif isinstance(spec, CombinedSpec):
         check(bool(spec.parts), f"{key}.parts", "needs at least one grader", spec.parts)
@@ -117,7 +121,8 @@ def build_graders(data: Mapping[str, Any]) -> dict[str, BatchGrader]:
     ordered = sorted(specs.items(), key=lambda item: isinstance(item[1], CombinedSpec))  # parts first
     for name, spec in ordered:
         if isinstance(spec, RegexSpec):
-            graders[name] = PerSample(Regex(spec.pattern, spec.mode, spec.match_score, spec.miss_score))
+            graders[name] = PerSample(Regex(spec.pattern, spec.mode, spec.match_score, spec.miss_score,
+                                            spec.timeout_seconds))
         elif isinstance(spec, CombinedSpec):
             graders[name] = Combined([(part, weight, graders[part]) for part, weight in spec.parts.items()])
         elif isinstance(spec, PythonSpec):

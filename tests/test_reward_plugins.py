@@ -10,11 +10,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from hatchery.schema import ConfigError
 from hatchery.serving import channel
 from hatchery.v1 import reward_pb2 as pb
 from hatchery.v1 import reward_pb2_grpc
 from reward_svc.server import reward_server
-from reward_svc.specs import build_graders, close_graders
+from reward_svc.specs import build_graders, close_graders, parse_specs
 
 PLUGINS = str(Path(__file__).parent / "plugins")
 OK, FAILED, TIMED_OUT, NA = (pb.SCORE_STATUS_OK, pb.SCORE_STATUS_FAILED, pb.SCORE_STATUS_TIMED_OUT,
@@ -34,6 +35,7 @@ def rewards():
         "target": plugin("target_column", processes=1),
         "exact_and_short": {"type": "combined", "parts": {"exact": 1.0, "length": 0.5}},
         "chaos_and_short": {"type": "combined", "parts": {"chaos": 1.0, "length": 0.5}},
+        "backtracks": {"type": "regex", "pattern": "(a|aa)+$", "timeout_seconds": 0.2},
     })
     server = reward_server(graders=graders)
     server.start()
@@ -58,6 +60,24 @@ def test_each_misbehaviour_costs_only_its_own_sample(rewards):
     # the service, and the plug-in's restarted processes, keep serving
     again = score(rewards, "chaos", ["ok:4"] * 40)
     assert [r.status for r in again] == [OK] * 40 and {r.score for r in again} == {4.0}
+
+
+def test_a_regex_that_backtracks_past_its_time_limit_costs_only_its_own_sample(rewards):
+    # (a|aa)+$ tries about 2^40 ways to split 40 a's before the b: with Python's re it never returns
+    results = score(rewards, "backtracks", ["a" * 40 + "b", "aa", "b"])
+    assert [r.status for r in results] == [TIMED_OUT, OK, OK]
+    assert [r.score for r in results[1:]] == [1.0, 0.0]
+    assert "'(a|aa)+$' ran past 0.2 s" in results[0].error
+
+
+@pytest.mark.parametrize("spec, key", [
+    ({"pattern": "("}, "graders.fmt.pattern"),
+    ({"pattern": "x", "mode": "match"}, "graders.fmt.mode"),
+    ({"pattern": "x", "timeout_seconds": 0}, "graders.fmt.timeout_seconds"),
+])
+def test_a_bad_regex_spec_is_refused_naming_the_key(spec, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        parse_specs({"fmt": {"type": "regex", **spec}})
 
 
 def test_wrong_number_of_scores_fails_the_samples_not_the_server(rewards):
