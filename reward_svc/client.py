@@ -79,8 +79,8 @@ class RewardClient:
         n = len(samples)
         jobs = [(service, samples[i:i + self.batch_size]) for service in self.services
                 for i in range(0, n, self.batch_size)]
-        flat = [r for chunk in self._pool.map(lambda job: self._call(*job, stop or threading.Event()), jobs)
-                for r in chunk]
+        stop = stop or threading.Event()  # never set: retries run their course
+        flat = [r for chunk in self._pool.map(lambda job: self._call(*job, stop), jobs) for r in chunk]
         rewards, statuses = [0.0] * n, [pb.SCORE_STATUS_OK] * n
         for k, service in enumerate(self.services):
             for i, r in enumerate(flat[k * n:(k + 1) * n]):
