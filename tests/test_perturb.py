@@ -58,7 +58,8 @@ def test_pair_groups_recognises_only_contiguous_equal_groups():
 def test_targets_fed_one_input_share_one_projection(kind):
     """q, k and v see one input, as do gate and up: one B^T x serves them all, so a Llama
     block runs 4 projections for its 7 targets; o_proj, guessed a sibling of q, k and v,
-    is split off once it is seen with its own input (as is GPT-2's attention c_proj)."""
+    is split off once it is seen with its own input (as is GPT-2's attention c_proj).
+    Every target also runs one batched matmul of its own, (x B) A^T."""
     tok, model, targets, key, noise = _setup(kind, rank=2)
     ids = tok(["What is 3 + 4?"] * 6, return_tensors="pt").input_ids
 
@@ -70,7 +71,7 @@ def test_targets_fed_one_input_share_one_projection(kind):
     plain = bmm_calls()
     with perturbed(targets, noise, list(range(6)), SIGMA):
         bmm_calls()  # the first forward finds which targets share an input
-        assert bmm_calls() - plain == 4 * model.config.num_hidden_layers
+        assert bmm_calls() - plain == 4 * model.config.num_hidden_layers + len(targets)
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "gpt2"])
@@ -121,3 +122,27 @@ def test_row_count_mismatch_is_refused():
     ids = tok(["x"] * 3, return_tensors="pt").input_ids
     with pytest.raises(RuntimeError, match="member map has 2"), perturbed(targets, noise, [0, 1], SIGMA):
         model(ids)
+
+
+def test_leaving_the_context_restores_every_layer_even_on_error():
+    """The swapped forwards are removed on exit, and a forward some other library installed
+    on a layer before (accelerate's hooks do this) is put back, not dropped."""
+    tok, model, targets, key, noise = _setup("llama", rank=1)
+    ids = tok(["What is 3 + 4?"] * 2, return_tensors="pt").input_ids
+    with torch.no_grad():
+        plain = model(ids).logits
+    wrapped, calls = targets[0].module, []
+    original = wrapped.forward
+
+    def other_librarys_forward(x):
+        calls.append(x.shape)
+        return original(x)
+
+    wrapped.forward = other_librarys_forward
+    with pytest.raises(RuntimeError, match="member map has 3"), perturbed(targets, noise, [0, 1, 2], SIGMA):
+        model(ids)
+    assert wrapped.forward is other_librarys_forward
+    assert all("forward" not in t.module.__dict__ for t in targets[1:])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, plain)
+    assert len(calls) == 1

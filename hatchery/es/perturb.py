@@ -2,15 +2,17 @@
 
 Row b of a batch is evaluated as member m(b) without ever materialising
 W + sigma E_m: y_b = x_b W^T + sign_m (sigma / sqrt r) ((x_b B_k) A_k^T), where k
-is m's antithetic pair. Forward hooks add the correction to the output of each
-targeted layer, so it works inside `generate()` with the KV cache for any HF
-model, and the model's structure and state dict stay untouched.
+is m's antithetic pair. Each targeted layer's forward is swapped, for the
+duration of a context, for one that computes the correction first and adds
+x W^T onto it inside the layer's own matmul, so it works inside `generate()`
+with the KV cache for any HF model, and the model's structure and state dict
+stay untouched.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -109,24 +111,37 @@ def perturbed(targets: Sequence[Target], noise: PopulationNoise, members: Sequen
     projections = _SharedProjections(targets, {t.name: gathered(noise.b_t[t.name]) for t in targets},
                                      scales.view(groups, 1, rows // groups, 1), noise.key.rank)
 
-    def make_hook(target: Target):
-        a_t, name = gathered(noise.a_t[target.name]), target.name
+    def make_forward(target: Target) -> Callable[[torch.Tensor], torch.Tensor]:
+        a_t, name, module = gathered(noise.a_t[target.name]), target.name, target.module
+        w_t = module.weight if target.transposed else module.weight.t()  # (in, out) views, no copy
 
-        def hook(module, args, output):
-            x = args[0]
+        def forward(x: torch.Tensor) -> torch.Tensor:
             if x.shape[0] != rows:
                 raise RuntimeError(f"batch has {x.shape[0]} rows but the member map has {rows}")
-            output.view(groups, -1, output.shape[-1]).baddbmm_(projections.of(name, x), a_t)  # in place
-            # returns None: the output, corrected in place, stays what the layer returned
+            # The correction first, then x W^T accumulated onto it by the matmul itself: an
+            # in-place add after the layer would stream its whole output through memory again.
+            y = torch.bmm(projections.of(name, x), a_t)  # (groups, rows-in-group x tokens, out)
+            flat = y.view(-1, y.shape[-1])
+            if module.bias is not None:
+                flat.add_(module.bias)
+            flat.addmm_(x.reshape(-1, x.shape[-1]), w_t)
+            return y.view(*x.shape[:-1], y.shape[-1])
 
-        return hook
+        return forward
 
-    handles = [t.module.register_forward_hook(make_hook(t)) for t in targets]
+    # An instance attribute shadows the class's forward; whatever was there before (another
+    # library's wrapper, an outer perturbed()) is put back on exit.
+    saved = [(t.module, t.module.__dict__.get("forward")) for t in targets]
+    for t in targets:
+        t.module.forward = make_forward(t)
     try:
         yield
     finally:
-        for h in handles:
-            h.remove()
+        for module, previous in saved:
+            if previous is None:
+                del module.forward
+            else:
+                module.forward = previous
 
 
 def sibling_runs(targets: Sequence[Target]) -> list[tuple[str, ...]]:
