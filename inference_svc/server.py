@@ -35,6 +35,7 @@ from reward_svc.client import Endpoint, RewardClient
 
 log = logging.getLogger("hatchery.inference")
 RPC_TIMEOUT = 30.0
+RELEASE_TIMEOUT = 5.0  # a stopping worker does not wait long: the lease's deadline is the fallback
 JOIN_ATTEMPTS = 3
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 REWARD_RETRY_SECONDS = 5.0  # between rounds of the reward client's own retries
@@ -108,6 +109,17 @@ class Worker:
                             err.code().name, err.details())
                 stop.wait(1.0)
 
+    def _release(self, lease_id: str) -> None:
+        """Hands an unfinished lease back so that another worker gets it now; should the optimizer
+        not answer (or predate ReleaseLease), the lease still goes out again at its deadline."""
+        try:
+            self.optimizer.ReleaseLease(pb.ReleaseLeaseRequest(worker_id=self.worker_id, lease_id=lease_id),
+                                        timeout=RELEASE_TIMEOUT)
+            log.info("lease %s handed back unfinished: the worker is stopping", lease_id)
+        except grpc.RpcError as err:
+            log.info("lease %s dropped unfinished (release failed: %s); it goes out again at its deadline",
+                     lease_id, err.code().name)
+
     def _step(self, stop: threading.Event) -> bool:
         """One GetWork and, when it brings a lease, its evaluation and report; True once the run is over."""
         work = self.optimizer.GetWork(pb.GetWorkRequest(
@@ -126,8 +138,8 @@ class Worker:
         failpoint("lease_received", work.lease.generation)
         try:
             result = self.evaluate(work.lease, stop)
-        except GenerationInterrupted:  # told to stop: the lease goes back to the optimizer at its deadline
-            log.info("lease %s dropped unfinished: the worker is stopping", work.lease.lease_id)
+        except GenerationInterrupted:  # told to stop: partial completions are never scored
+            self._release(work.lease.lease_id)
             return False
         result.update_seconds, self.update_seconds = self.update_seconds, 0.0
         reply = self.optimizer.ReportResult(result, timeout=RPC_TIMEOUT)

@@ -53,6 +53,7 @@ WORKER_TIME_SPLIT = ("generate", "reward", "update", "noise")  # the ReportResul
 class _Outstanding:
     lease: pb.Lease
     deadline: float
+    worker_id: str
 
 
 @dataclass
@@ -126,6 +127,7 @@ class Coordinator:
         self.workers: dict[str, _Worker] = {}
         self.fingerprint_mismatches = 0
         self.lease_reassignments = 0
+        self.lease_releases = 0
         # training_done: no more updates; only the final held-out evaluation remains
         self.training_done = self._training_over()
         self.finished = threading.Event()
@@ -238,9 +240,21 @@ class Coordinator:
             lease = self.pending.popleft()
             if not self.started:
                 self.started, self.gen_started = True, self.clock()  # not counting the wait for a first worker
-            self.outstanding[lease.lease_id] = _Outstanding(lease, self.clock() + lease.deadline_seconds)
+            self.outstanding[lease.lease_id] = _Outstanding(lease, self.clock() + lease.deadline_seconds, worker_id)
             response.lease.CopyFrom(lease)
             return response
+
+    def release(self, worker_id: str, lease_id: str) -> bool:
+        """Queues a lease its worker will not finish first in line again; False (and nothing
+        changed) when it is not out with that worker."""
+        with self._lock:
+            out = self.outstanding.get(lease_id)
+            if out is None or out.worker_id != worker_id:
+                return False
+            del self.outstanding[lease_id]
+            self.pending.appendleft(out.lease)
+            self.lease_releases += 1
+            return True
 
     def _reclaim_expired(self) -> None:
         now = self.clock()
@@ -384,7 +398,7 @@ class Coordinator:
                 run_id=self.run_dir.name, generation=self.generation, total_generations=self.cfg.train.generations,
                 finished=self.finished.is_set(), weights_fingerprint=self.weights_fingerprint,
                 last_checkpoint=self.checkpoint_info(), fingerprint_mismatches=self.fingerprint_mismatches,
-                lease_reassignments=self.lease_reassignments,
+                lease_reassignments=self.lease_reassignments, lease_releases=self.lease_releases,
                 history=[pb.GenerationSummary(generation=s.generation, reward_mean=s.reward_mean,
                                               reward_max=s.reward_max, seconds=s.seconds,
                                               heldout_reward=math.nan if s.heldout_reward is None else s.heldout_reward)

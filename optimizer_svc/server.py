@@ -88,6 +88,13 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
         check_report(request)
         return self.coordinator.report(request)
 
+    @invalid_argument_on_value_error
+    def ReleaseLease(self, request: pb.ReleaseLeaseRequest, context) -> pb.ReleaseLeaseResponse:
+        _check_worker_id(request.worker_id)
+        if not request.lease_id:
+            raise ValueError("lease_id is empty")
+        return pb.ReleaseLeaseResponse(released=self.coordinator.release(request.worker_id, request.lease_id))
+
     def GetStatus(self, request, context) -> pb.GetStatusResponse:
         return self.coordinator.status()
 

@@ -199,9 +199,10 @@ def test_sigterm_to_a_run_stops_its_services(tiny_llama_dir, tmp_path):
         run.wait()
 
 
-def test_a_worker_told_to_stop_mid_lease_drops_it_at_the_next_token(tiny_llama_dir, tmp_path):
+def test_a_worker_told_to_stop_mid_lease_hands_it_back_at_the_next_token(tiny_llama_dir, tmp_path):
     """A stop (SIGTERM) cuts the forward pass in hand short: the partial completions are
-    not scored or reported, and the lease returns to the optimizer at its deadline."""
+    not scored or reported, and the lease goes back to the optimizer at once (ReleaseLease),
+    so the next worker to ask gets it without waiting for its deadline."""
     from hatchery.bench_sync import loopback_run
 
     config = _config(tiny_llama_dir, tmp_path / "run")
@@ -215,10 +216,13 @@ def test_a_worker_told_to_stop_mid_lease_drops_it_at_the_next_token(tiny_llama_d
                 stop.set()
 
         worker.evaluator.lm.model.register_forward_hook(stop_at_the_second_forward)
+        held = coordinator.pending[0].lease_id  # the lease the worker is about to get
         worker.run(stop)
         assert len(forwards) == 2  # not the lease's 64 tokens
-        assert worker.leases_completed == 0
-        assert len(coordinator.outstanding) == 1 and coordinator.history == []  # handed out, never reported
+        assert worker.leases_completed == 0 and coordinator.history == []  # never reported
+        assert coordinator.outstanding == {} and coordinator.lease_releases == 1
+        successor = coordinator.get_work("w2", 0).lease  # well inside the lease's 600 s deadline
+        assert successor.lease_id == held and coordinator.lease_reassignments == 0
 
 
 def test_a_torn_last_log_line_is_dropped_and_a_corrupt_one_refused(tmp_path):

@@ -26,7 +26,7 @@ EXPECTED = {  # family name -> type, per service (besides the gRPC series every 
                   "hatchery_update_norm": "gauge", "hatchery_tokens_per_second": "gauge",
                   "hatchery_generation_duration_seconds": "histogram", "hatchery_perturbations_evaluated": "counter",
                   "hatchery_failed_samples": "counter", "hatchery_lease_reassignments": "counter",
-                  "hatchery_fingerprint_mismatches": "counter"},
+                  "hatchery_lease_releases": "counter", "hatchery_fingerprint_mismatches": "counter"},
     "inference": {"hatchery_inference_batch_size": "histogram",
                   "hatchery_inference_generate_duration_seconds": "histogram",
                   "hatchery_inference_prefill_duration_seconds": "histogram",

@@ -166,6 +166,23 @@ def test_expired_lease_goes_to_another_worker(optimizer):
     assert late.accepted  # the first answer wins; the reassigned copy's answer will be the duplicate
 
 
+def test_a_released_lease_goes_to_the_next_worker_at_once(optimizer):
+    stub, coordinator, clock = optimizer
+    first = stub.GetWork(pb.GetWorkRequest(worker_id="stopping"), timeout=10).lease
+    not_its_own = pb.ReleaseLeaseRequest(worker_id="other", lease_id=first.lease_id)
+    assert not stub.ReleaseLease(not_its_own, timeout=10).released  # only its holder may hand it back
+    assert first.lease_id in coordinator.outstanding
+    assert stub.ReleaseLease(pb.ReleaseLeaseRequest(worker_id="stopping", lease_id=first.lease_id),
+                             timeout=10).released
+    again = stub.GetWork(pb.GetWorkRequest(worker_id="next"), timeout=10).lease  # no time has passed
+    assert again.lease_id == first.lease_id
+    status = stub.GetStatus(pb.GetStatusRequest(), timeout=10)
+    assert (status.lease_releases, status.lease_reassignments) == (1, 0)
+    twice = pb.ReleaseLeaseRequest(worker_id="stopping", lease_id=first.lease_id)
+    assert not stub.ReleaseLease(twice, timeout=10).released  # now out with "next": nothing changes
+    assert stub.ReportResult(_result(again, coordinator.weights_fingerprint, worker="next"), timeout=10).accepted
+
+
 def test_malformed_rpcs_get_invalid_argument_and_change_nothing(optimizer):
     stub, coordinator, _ = optimizer
     assert "worker_id" in _invalid(stub.Join, pb.JoinRequest())
@@ -184,6 +201,8 @@ def test_malformed_rpcs_get_invalid_argument_and_change_nothing(optimizer):
     negative = _result(lease, fp)
     negative.generate_seconds = -1.0
     assert "generate_seconds" in _invalid(stub.ReportResult, negative)
+    assert "lease_id is empty" in _invalid(stub.ReleaseLease, pb.ReleaseLeaseRequest(worker_id="w"))
+    assert "worker_id" in _invalid(stub.ReleaseLease, pb.ReleaseLeaseRequest(lease_id=lease.lease_id))
     assert lease.lease_id in coordinator.outstanding and coordinator.generation == 0
     assert not coordinator.workers["w"].leases_completed
 

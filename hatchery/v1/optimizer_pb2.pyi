@@ -262,6 +262,20 @@ class ReportResultResponse(_message.Message):
     resync: bool
     def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., resync: _Optional[bool] = ...) -> None: ...
 
+class ReleaseLeaseRequest(_message.Message):
+    __slots__ = ("worker_id", "lease_id")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    lease_id: str
+    def __init__(self, worker_id: _Optional[str] = ..., lease_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseLeaseResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: bool
+    def __init__(self, released: _Optional[bool] = ...) -> None: ...
+
 class GetStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -293,7 +307,7 @@ class WorkerStatus(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., leases_completed: _Optional[int] = ..., weights_fingerprint: _Optional[str] = ..., last_seen_seconds_ago: _Optional[float] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("run_id", "generation", "total_generations", "finished", "history", "workers", "weights_fingerprint", "last_checkpoint", "fingerprint_mismatches", "lease_reassignments")
+    __slots__ = ("run_id", "generation", "total_generations", "finished", "history", "workers", "weights_fingerprint", "last_checkpoint", "fingerprint_mismatches", "lease_reassignments", "lease_releases")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     TOTAL_GENERATIONS_FIELD_NUMBER: _ClassVar[int]
@@ -304,6 +318,7 @@ class GetStatusResponse(_message.Message):
     LAST_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_MISMATCHES_FIELD_NUMBER: _ClassVar[int]
     LEASE_REASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_RELEASES_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     generation: int
     total_generations: int
@@ -314,4 +329,5 @@ class GetStatusResponse(_message.Message):
     last_checkpoint: CheckpointInfo
     fingerprint_mismatches: int
     lease_reassignments: int
-    def __init__(self, run_id: _Optional[str] = ..., generation: _Optional[int] = ..., total_generations: _Optional[int] = ..., finished: _Optional[bool] = ..., history: _Optional[_Iterable[_Union[GenerationSummary, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., weights_fingerprint: _Optional[str] = ..., last_checkpoint: _Optional[_Union[CheckpointInfo, _Mapping]] = ..., fingerprint_mismatches: _Optional[int] = ..., lease_reassignments: _Optional[int] = ...) -> None: ...
+    lease_releases: int
+    def __init__(self, run_id: _Optional[str] = ..., generation: _Optional[int] = ..., total_generations: _Optional[int] = ..., finished: _Optional[bool] = ..., history: _Optional[_Iterable[_Union[GenerationSummary, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., weights_fingerprint: _Optional[str] = ..., last_checkpoint: _Optional[_Union[CheckpointInfo, _Mapping]] = ..., fingerprint_mismatches: _Optional[int] = ..., lease_reassignments: _Optional[int] = ..., lease_releases: _Optional[int] = ...) -> None: ...

@@ -49,6 +49,11 @@ class OptimizerServiceStub:
                 request_serializer=hatchery_dot_v1_dot_optimizer__pb2.ReportResultRequest.SerializeToString,
                 response_deserializer=hatchery_dot_v1_dot_optimizer__pb2.ReportResultResponse.FromString,
                 _registered_method=True)
+        self.ReleaseLease = channel.unary_unary(
+                '/hatchery.v1.OptimizerService/ReleaseLease',
+                request_serializer=hatchery_dot_v1_dot_optimizer__pb2.ReleaseLeaseRequest.SerializeToString,
+                response_deserializer=hatchery_dot_v1_dot_optimizer__pb2.ReleaseLeaseResponse.FromString,
+                _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/hatchery.v1.OptimizerService/GetStatus',
                 request_serializer=hatchery_dot_v1_dot_optimizer__pb2.GetStatusRequest.SerializeToString,
@@ -86,6 +91,14 @@ class OptimizerServiceServicer:
 
     def ReportResult(self, request, context):
         """Returns the rewards for a lease. Late or duplicate reports are dropped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseLease(self, request, context):
+        """Hands back a lease the worker will not finish (it is stopping), so that it
+        goes to another worker now rather than at its deadline.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -131,6 +144,11 @@ def add_OptimizerServiceServicer_to_server(servicer, server):
                     servicer.ReportResult,
                     request_deserializer=hatchery_dot_v1_dot_optimizer__pb2.ReportResultRequest.FromString,
                     response_serializer=hatchery_dot_v1_dot_optimizer__pb2.ReportResultResponse.SerializeToString,
+            ),
+            'ReleaseLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseLease,
+                    request_deserializer=hatchery_dot_v1_dot_optimizer__pb2.ReleaseLeaseRequest.FromString,
+                    response_serializer=hatchery_dot_v1_dot_optimizer__pb2.ReleaseLeaseResponse.SerializeToString,
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
@@ -229,6 +247,33 @@ class OptimizerService:
             '/hatchery.v1.OptimizerService/ReportResult',
             hatchery_dot_v1_dot_optimizer__pb2.ReportResultRequest.SerializeToString,
             hatchery_dot_v1_dot_optimizer__pb2.ReportResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hatchery.v1.OptimizerService/ReleaseLease',
+            hatchery_dot_v1_dot_optimizer__pb2.ReleaseLeaseRequest.SerializeToString,
+            hatchery_dot_v1_dot_optimizer__pb2.ReleaseLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,
