@@ -125,24 +125,28 @@ def test_row_count_mismatch_is_refused():
 
 
 def test_leaving_the_context_restores_every_layer_even_on_error():
-    """The swapped forwards are removed on exit, and a forward some other library installed
-    on a layer before (accelerate's hooks do this) is put back, not dropped."""
     tok, model, targets, key, noise = _setup("llama", rank=1)
     ids = tok(["What is 3 + 4?"] * 2, return_tensors="pt").input_ids
     with torch.no_grad():
         plain = model(ids).logits
-    wrapped, calls = targets[0].module, []
-    original = wrapped.forward
-
-    def other_librarys_forward(x):
-        calls.append(x.shape)
-        return original(x)
-
-    wrapped.forward = other_librarys_forward
     with pytest.raises(RuntimeError, match="member map has 3"), perturbed(targets, noise, [0, 1, 2], SIGMA):
         model(ids)
-    assert wrapped.forward is other_librarys_forward
-    assert all("forward" not in t.module.__dict__ for t in targets[1:])
+    assert all("forward" not in t.module.__dict__ for t in targets)
     with torch.no_grad():
         assert torch.equal(model(ids).logits, plain)
-    assert len(calls) == 1
+
+
+def test_a_layer_whose_forward_is_already_replaced_is_refused_untouched():
+    """Another library's forward (accelerate's offloading hooks replace it) would be bypassed
+    while perturbed and lost after, so perturbed() refuses and names the layer."""
+    tok, model, targets, key, noise = _setup("llama", rank=1)
+    wrapped = targets[3].module
+    wrapped.forward = other_librarys_forward = wrapped.forward  # an instance attribute, as accelerate sets
+    with pytest.raises(RuntimeError, match=targets[3].name.removesuffix(".weight") + ": its forward is already"):
+        with perturbed(targets, noise, [0, 1], SIGMA):
+            pass
+    assert wrapped.forward is other_librarys_forward
+    assert all("forward" not in t.module.__dict__ for t in targets if t.module is not wrapped)
+    with perturbed(targets[:3], noise, [0, 1], SIGMA), pytest.raises(RuntimeError, match="already replaced"):
+        with perturbed(targets[:3], noise, [0, 1], SIGMA):  # nesting would drop the outer perturbation
+            pass

@@ -95,6 +95,10 @@ def perturbed(targets: Sequence[Target], noise: PopulationNoise, members: Sequen
     Batches must keep the row order of `members` (true for greedy and sampled
     `generate()`; expand the map yourself for num_return_sequences or beams).
     """
+    replaced = [t.name.removesuffix(".weight") for t in targets if "forward" in t.module.__dict__]
+    if replaced:  # perturbing would bypass it, and it would be lost on exit
+        raise RuntimeError(f"{replaced[0]}: its forward is already replaced (accelerate's offloading hooks, "
+                           "or an enclosing perturbed()); perturbed() swaps in its own")
     w = targets[0].weight
     slots, scales = row_layout(members, noise, sigma, w.device, w.dtype)
     rows = len(members)
@@ -129,19 +133,13 @@ def perturbed(targets: Sequence[Target], noise: PopulationNoise, members: Sequen
 
         return forward
 
-    # An instance attribute shadows the class's forward; whatever was there before (another
-    # library's wrapper, an outer perturbed()) is put back on exit.
-    saved = [(t.module, t.module.__dict__.get("forward")) for t in targets]
-    for t in targets:
+    for t in targets:  # an instance attribute shadows the class's forward until deleted
         t.module.forward = make_forward(t)
     try:
         yield
     finally:
-        for module, previous in saved:
-            if previous is None:
-                del module.forward
-            else:
-                module.forward = previous
+        for t in targets:
+            del t.module.forward
 
 
 def sibling_runs(targets: Sequence[Target]) -> list[tuple[str, ...]]:
