@@ -150,3 +150,29 @@ def test_a_layer_whose_forward_is_already_replaced_is_refused_untouched():
     with perturbed(targets[:3], noise, [0, 1], SIGMA), pytest.raises(RuntimeError, match="already replaced"):
         with perturbed(targets[:3], noise, [0, 1], SIGMA):  # nesting would drop the outer perturbation
             pass
+
+
+def test_bfloat16_weights_run_each_row_as_its_member_with_float32_factors_on_cpu():
+    """Low-precision weights on a CPU: the factors and the correction are float32 (small bf16
+    matmuls are slow there), the layer's output stays bf16, and each row is its own member
+    to bf16's precision, far from any other member."""
+    tok = tiny.tokenizer()
+    model = tiny.model("llama", len(tok)).to(torch.bfloat16)
+    targets = find_targets(model)
+    key = NoiseKey(seed=11, epoch=2, rank=4)
+    noise = PopulationNoise(targets, key, [0, 1])
+    assert noise.dtype == torch.float32
+    members = [0, 1, 2, 3]
+    ids = tok(["What is 3 + 4?"] * len(members), return_tensors="pt").input_ids
+    with torch.no_grad(), perturbed(targets, noise, members, SIGMA):
+        mixed = model(ids).logits
+    assert mixed.dtype == torch.bfloat16
+
+    def alone(row: int, member: int) -> torch.Tensor:
+        with torch.no_grad(), materialised_member(targets, key.seed, key.epoch, member, SIGMA, key.rank):
+            return model(ids[row:row + 1]).logits[0].float()
+
+    for row, member in enumerate(members):
+        own, other = alone(row, member), alone(row, members[row - 1])
+        torch.testing.assert_close(mixed[row].float(), own, atol=0.25, rtol=0)  # logits reach about 4.5
+        assert (mixed[row].float() - other).abs().max() > 1.0

@@ -30,6 +30,13 @@ class NoiseKey:
     rank: int
 
 
+def factor_dtype(weight: torch.Tensor) -> torch.dtype:
+    """float32 on a CPU whatever the weights' dtype (a small batched matmul runs 2-5x slower
+    there in bf16 than in float32, and the correction is added in the weights' dtype anyway);
+    the weights' own on an accelerator."""
+    return torch.float32 if weight.device.type == "cpu" else weight.dtype
+
+
 class PopulationNoise:
     """The factors A, B of a set of antithetic pairs for every target, built once
     per generation and reused across prompts and decode steps."""
@@ -39,14 +46,15 @@ class PopulationNoise:
         self.key = key
         self.pairs = list(pairs)
         self._slot = {p: i for i, p in enumerate(self.pairs)}
+        w = targets[0].weight
+        self.device, self.dtype = device or w.device, dtype or factor_dtype(w)
         self.a_t: dict[str, torch.Tensor] = {}  # (pairs, r, out)
         self.b_t: dict[str, torch.Tensor] = {}  # (pairs, r, in)
         for t in targets:
             factors = [low_rank_factors(key.seed, key.epoch, p, t.name, t.out_features, t.in_features, key.rank)
                        for p in self.pairs]
-            w = t.weight
-            self.a_t[t.name] = torch.stack([a.t() for a, _ in factors]).to(device or w.device, dtype or w.dtype)
-            self.b_t[t.name] = torch.stack([b.t() for _, b in factors]).to(device or w.device, dtype or w.dtype)
+            self.a_t[t.name] = torch.stack([a.t() for a, _ in factors]).to(self.device, self.dtype)
+            self.b_t[t.name] = torch.stack([b.t() for _, b in factors]).to(self.device, self.dtype)
 
     def slot(self, pair: int) -> int:
         return self._slot[pair]
@@ -100,7 +108,7 @@ def perturbed(targets: Sequence[Target], noise: PopulationNoise, members: Sequen
         raise RuntimeError(f"{replaced[0]}: its forward is already replaced (accelerate's offloading hooks, "
                            "or an enclosing perturbed()); perturbed() swaps in its own")
     w = targets[0].weight
-    slots, scales = row_layout(members, noise, sigma, w.device, w.dtype)
+    slots, scales = row_layout(members, noise, sigma, w.device, noise.dtype)
     rows = len(members)
     grouped = pair_groups(members)
     if grouped is None:  # any row order: each row gathers its own pair's factors
@@ -124,7 +132,7 @@ def perturbed(targets: Sequence[Target], noise: PopulationNoise, members: Sequen
                 raise RuntimeError(f"batch has {x.shape[0]} rows but the member map has {rows}")
             # The correction first, then x W^T accumulated onto it by the matmul itself: an
             # in-place add after the layer would stream its whole output through memory again.
-            y = torch.bmm(projections.of(name, x), a_t)  # (groups, rows-in-group x tokens, out)
+            y = torch.bmm(projections.of(name, x), a_t).to(w_t.dtype)  # (groups, rows-in-group x tokens, out)
             flat = y.view(-1, y.shape[-1])
             if module.bias is not None:
                 flat.add_(module.bias)
@@ -187,7 +195,8 @@ class _SharedProjections:
             return hs[i]
         # (B^T x^T) with the skinny factor on the left runs 2-3x faster on CPU BLAS than x B.
         groups, rows_per_group = self.row_scales.shape[0], self.row_scales.shape[2]
-        h_t = torch.bmm(self.factors[run], x.reshape(groups, -1, x.shape[-1]).transpose(1, 2))
+        factors = self.factors[run]
+        h_t = torch.bmm(factors, x.reshape(groups, -1, x.shape[-1]).to(factors.dtype).transpose(1, 2))
         h_t.view(groups, h_t.shape[1], rows_per_group, -1).mul_(self.row_scales)
         hs = h_t.transpose(1, 2).split(self.rank, dim=2)
         if len(run) > 1:
