@@ -29,7 +29,7 @@ class RegexSpec:
     mode: str = "search"  # or "fullmatch"
     match_score: float = 1.0
     miss_score: float = 0.0
-    timeout_seconds: float = 1.0  # per completion; past it the sample fails (FAILED), the service carries on
+    timeout_seconds: float = 1.0  # per completion; past it the sample is TIMED_OUT, the service carries on
 
 
 @dataclass(frozen=True)

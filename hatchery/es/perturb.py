@@ -47,14 +47,14 @@ class PopulationNoise:
         self.pairs = list(pairs)
         self._slot = {p: i for i, p in enumerate(self.pairs)}
         w = targets[0].weight
-        self.device, self.dtype = device or w.device, dtype or factor_dtype(w)
+        device, self.dtype = device or w.device, dtype or factor_dtype(w)
         self.a_t: dict[str, torch.Tensor] = {}  # (pairs, r, out)
         self.b_t: dict[str, torch.Tensor] = {}  # (pairs, r, in)
         for t in targets:
             factors = [low_rank_factors(key.seed, key.epoch, p, t.name, t.out_features, t.in_features, key.rank)
                        for p in self.pairs]
-            self.a_t[t.name] = torch.stack([a.t() for a, _ in factors]).to(self.device, self.dtype)
-            self.b_t[t.name] = torch.stack([b.t() for _, b in factors]).to(self.device, self.dtype)
+            self.a_t[t.name] = torch.stack([a.t() for a, _ in factors]).to(device, self.dtype)
+            self.b_t[t.name] = torch.stack([b.t() for _, b in factors]).to(device, self.dtype)
 
     def slot(self, pair: int) -> int:
         return self._slot[pair]
