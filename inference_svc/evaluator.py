@@ -7,11 +7,11 @@ import time
 
 import torch
 
+from hatchery.core.model import Completions, LoadedModel, RowGroups, fingerprint, generate
+from hatchery.core.stop_rules import stop_rule
 from hatchery.es import EsUpdater, NoiseKey, PopulationNoise, find_targets, perturbed
-from hatchery.model import Completions, LoadedModel, RowGroups, fingerprint, generate
-from hatchery.settings import step_rule
+from hatchery.service.settings import step_rule
 from hatchery.v1 import optimizer_pb2 as pb
-from reward_svc.graders import stop_rule
 
 
 class Evaluator:

@@ -15,9 +15,9 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from hatchery.checkpoint import Checkpoint, checkpoint_path
-from hatchery.model import cache_dir
-from hatchery.start import ModelFile, file_sha256, folder_files, folder_sha256
+from hatchery.core.checkpoint import Checkpoint, checkpoint_path
+from hatchery.core.model import cache_dir
+from hatchery.core.start import ModelFile, file_sha256, folder_files, folder_sha256
 from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import optimizer_pb2_grpc
 

@@ -15,8 +15,9 @@ import time
 
 import grpc
 
-from hatchery.failpoints import failpoint
-from hatchery.metrics import (
+from hatchery.core.failpoints import failpoint
+from hatchery.core.model import GenerationInterrupted, generate, load_model
+from hatchery.service.metrics import (
     INFERENCE_BATCH,
     INFERENCE_GENERATE,
     INFERENCE_LEASES,
@@ -24,14 +25,13 @@ from hatchery.metrics import (
     INFERENCE_TOKENS,
     serve_metrics,
 )
-from hatchery.model import GenerationInterrupted, generate, load_model
-from hatchery.security import Tls, service_token
-from hatchery.serving import Server, channel, invalid_argument_on_value_error, stop_event_on_signals
+from hatchery.service.reward_client import Endpoint, RewardClient
+from hatchery.service.security import Tls, service_token
+from hatchery.service.serving import Server, channel, invalid_argument_on_value_error, stop_event_on_signals
 from hatchery.v1 import inference_pb2, inference_pb2_grpc, optimizer_pb2_grpc, reward_pb2
 from hatchery.v1 import optimizer_pb2 as pb
 from inference_svc import fetch
 from inference_svc.evaluator import Evaluator
-from reward_svc.client import Endpoint, RewardClient
 
 log = logging.getLogger("hatchery.inference")
 RPC_TIMEOUT = 30.0

@@ -6,6 +6,7 @@ this class, so the services and the reference take exactly the same steps.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -22,23 +23,23 @@ from typing import BinaryIO
 import numpy as np
 import yaml
 
-from hatchery.checkpoint import (
+from hatchery.core.checkpoint import (
     Checkpoint,
     latest_checkpoint,
     remove_partial_checkpoints,
     replay,
     write_checkpoint,
 )
-from hatchery.config import RunConfig
+from hatchery.core.config import RunConfig
+from hatchery.core.failpoints import failpoint
+from hatchery.core.model import LoadedModel, fingerprint
+from hatchery.core.prompt_schedule import PromptSchedule
+from hatchery.core.tasks import Task, TaskPrompt, load_task
+from hatchery.core.update_log import UpdateLog, UpdateRecord
 from hatchery.es import EsUpdater, find_targets, sampling_seed, scheduled_lr, shape_fitness
-from hatchery.failpoints import failpoint
-from hatchery.model import LoadedModel, fingerprint
-from hatchery.prompt_schedule import PromptSchedule
-from hatchery.settings import es_settings, step_rule
-from hatchery.tasks import Task, TaskPrompt, load_task
+from hatchery.service.settings import es_settings, step_rule
 from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import reward_pb2
-from optimizer_svc.update_log import UpdateLog
 
 
 def _proto_prompts(prompts: list[TaskPrompt]) -> list[pb.Prompt]:
@@ -229,7 +230,8 @@ class Coordinator:
             if applied_generation > self.generation:
                 raise ValueError(f"applied_generation {applied_generation} is ahead of the run ({self.generation})")
             self.join(worker_id)
-            response = pb.GetWorkResponse(updates=self.log.since(applied_generation))
+            response = pb.GetWorkResponse(updates=[pb.UpdateRecord(**dataclasses.asdict(r))
+                                                   for r in self.log.since(applied_generation)])
             if self.finished.is_set():
                 response.finished = True
                 return response
@@ -326,8 +328,8 @@ class Coordinator:
         started = self.clock()
         fitness = shape_fitness(self.rewards, es.shaping, es.failed_samples)
         lr = scheduled_lr(es.lr, es.lr_schedule, self._budget_spent())
-        record = pb.UpdateRecord(generation=self.generation, noise_epoch=self.generation // es.noise_reuse,
-                                 lr=lr, sigma=es.sigma, fitness=fitness.tolist())
+        record = UpdateRecord(generation=self.generation, noise_epoch=self.generation // es.noise_reuse,
+                              lr=lr, sigma=es.sigma, fitness=tuple(fitness.tolist()))
         self.log.append(record)
         failpoint("log_appended", self.generation)
         norm = self.updater.apply(record.noise_epoch, record.lr, fitness)

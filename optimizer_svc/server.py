@@ -12,14 +12,14 @@ from typing import BinaryIO
 
 import grpc
 
-from hatchery.config import RunConfig
-from hatchery.metrics import FAILED_SAMPLES, GENERATION_DURATION, PERTURBATIONS, serve_metrics, watch_run
-from hatchery.model import load_model
-from hatchery.plot import plot_rewards
-from hatchery.security import Tls, service_token
-from hatchery.serving import Server, invalid_argument_on_value_error, stop_event_on_signals
-from hatchery.settings import es_settings, reward_settings
-from hatchery.start import StartPoint, prepare_start
+from hatchery.core.config import RunConfig
+from hatchery.core.model import load_model
+from hatchery.core.plot import plot_rewards
+from hatchery.core.start import StartPoint, prepare_start
+from hatchery.service.metrics import FAILED_SAMPLES, GENERATION_DURATION, PERTURBATIONS, serve_metrics, watch_run
+from hatchery.service.security import Tls, service_token
+from hatchery.service.serving import Server, invalid_argument_on_value_error, stop_event_on_signals
+from hatchery.service.settings import es_settings, reward_settings
 from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import optimizer_pb2_grpc, reward_pb2
 from optimizer_svc.coordinator import Coordinator, GenerationStats

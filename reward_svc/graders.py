@@ -18,6 +18,8 @@ from typing import Protocol
 
 import regex
 
+from hatchery.core.stop_rules import INTEGER  # what first_integer reads; its early stop reads the same
+
 
 class SampleLike(Protocol):
     """What a grader reads of a sample; hatchery.v1.Sample has these fields."""
@@ -104,13 +106,12 @@ class PerSample:
 # whitespace, integers of any length, and a parser of our own, so that a grader in any
 # language (examples/reward-node) can give the same scores.
 WHITESPACE = " \t\n\r\f\v"
-_INTEGER = re.compile(r"-?[0-9]+")
 
 
 def _canonical_integer(text: str) -> str | None:
     """The integer `text` spells (surrounding whitespace allowed), without leading zeros; None if none."""
     text = text.strip(WHITESPACE)
-    if not _INTEGER.fullmatch(text):
+    if not INTEGER.fullmatch(text):
         return None
     sign, digits = ("-", text[1:]) if text.startswith("-") else ("", text)
     digits = digits.lstrip("0") or "0"
@@ -122,26 +123,8 @@ def first_integer(prompt: str, completion: str, reference: str, metadata: Mappin
     expected = _canonical_integer(reference)
     if expected is None:
         raise NotApplicable("first_integer needs a reference answer that is an integer")
-    found = _INTEGER.search(completion)
+    found = INTEGER.search(completion)
     return Grade(1.0 if found and _canonical_integer(found.group()) == expected else 0.0)
-
-
-def first_integer_settled(completion: str) -> bool:
-    """True once more text cannot change what first_integer reads: its first integer is
-    followed by another character. Generation may stop there (the task's early stop)."""
-    found = _INTEGER.search(completion)
-    return found is not None and found.end() < len(completion)
-
-
-# A task's early stop, by name: a completion is settled once its grader can read nothing more from it.
-STOP_RULES: dict[str, Callable[[str], bool]] = {"first_integer": first_integer_settled}
-
-
-def stop_rule(name: str) -> Callable[[str], bool] | None:
-    """The settled test `name` stands for; None for "" (no early stop)."""
-    if name and name not in STOP_RULES:
-        raise ValueError(f"unknown stop rule {name!r}; known: {sorted(STOP_RULES)}")
-    return STOP_RULES[name] if name else None
 
 
 _THINK_THEN_ANSWER = "</think>\n<answer>"

@@ -11,9 +11,9 @@ from pathlib import Path
 import yaml
 
 from hatchery import __version__
-from hatchery.metrics import REWARD_DURATION, REWARD_SAMPLES, serve_metrics
-from hatchery.security import Tls, service_token
-from hatchery.serving import Server, invalid_argument_on_value_error, stop_event_on_signals
+from hatchery.service.metrics import REWARD_DURATION, REWARD_SAMPLES, serve_metrics
+from hatchery.service.security import Tls, service_token
+from hatchery.service.serving import Server, invalid_argument_on_value_error, stop_event_on_signals
 from hatchery.v1 import reward_pb2 as pb
 from hatchery.v1 import reward_pb2_grpc
 from reward_svc.graders import BatchGrader, Outcome, Status, builtin_graders

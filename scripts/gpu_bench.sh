@@ -6,12 +6,12 @@
 # Runs where python3 holds torch and transformers (the device machine's image does) from
 # the repo root, in about five minutes on an H200. The random models borrow SmolLM2's
 # tokenizer; save it where the script looks, on a machine that has the embedded model:
-#   .venv/bin/python -c "from hatchery.model import EMBEDDED, load_tokenizer, resolve_model; \
+#   .venv/bin/python -c "from hatchery.core.model import EMBEDDED, load_tokenizer, resolve_model; \
 #     load_tokenizer(resolve_model(EMBEDDED)).save_pretrained('.gpu/tokenizer')"
-# Output: $OUT/bench-gpu.json, bench-throughput.png and bench-naive.png (OUT defaults to docs).
+# Output: $OUT/bench-gpu.json, bench-throughput.png and bench-naive.png (OUT defaults to docs/results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-docs}
+OUT=${OUT:-docs/results}
 PYTHON=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 PYTHONPATH=. PYTHONUNBUFFERED=1 "$PYTHON" -m hatchery.cli bench --device cuda --dtypes bfloat16 \

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hatchery.config import RunConfig
-from hatchery.model import load_model
-from hatchery.settings import es_settings
-from hatchery.start import prepare_start
+from hatchery.core.config import RunConfig
+from hatchery.core.model import load_model
+from hatchery.core.start import prepare_start
+from hatchery.service.settings import es_settings
 from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import reward_pb2
 from inference_svc.evaluator import Evaluator

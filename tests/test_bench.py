@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import tiny
-from hatchery.ablation import ablation, parse_variants
-from hatchery.bench import QWEN_SHAPES, plot_bench, qwen_shape, run_bench
-from hatchery.bench_reward import run_reward_bench
-from hatchery.bench_sync import loopback_run, run_to_end
-from hatchery.breakdown import time_breakdown
-from hatchery.config import parse_config
+from hatchery.bench.ablation import ablation, parse_variants
+from hatchery.bench.breakdown import time_breakdown
+from hatchery.bench.reward import run_reward_bench
+from hatchery.bench.sync import loopback_run, run_to_end
+from hatchery.bench.throughput import QWEN_SHAPES, plot_bench, qwen_shape, run_bench
+from hatchery.core.config import parse_config
 
 
 def test_bench_reports_each_ratio_from_its_own_timings(tmp_path):

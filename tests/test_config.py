@@ -6,7 +6,7 @@ import sys
 import pytest
 import yaml
 
-from hatchery.config import ConfigError, RunConfig, load_config, parse_config, with_fresh_run_dir
+from hatchery.core.config import ConfigError, RunConfig, load_config, parse_config, with_fresh_run_dir
 
 
 def test_default_config_is_valid():
@@ -55,7 +55,7 @@ def test_a_run_dir_is_never_reused(tmp_path):
 
 
 def test_start_or_resume_takes_its_own_run_and_refuses_another(tmp_path):
-    from hatchery.config import start_or_resume
+    from hatchery.core.config import start_or_resume
 
     cfg = parse_config({"run_dir": str(tmp_path / "run")})
     assert start_or_resume(cfg) == cfg  # nothing there yet: a fresh start

@@ -19,12 +19,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from hatchery.checkpoint import latest_checkpoint, write_checkpoint
-from hatchery.config import parse_config
+from hatchery.core.checkpoint import latest_checkpoint, write_checkpoint
+from hatchery.core.config import parse_config
+from hatchery.core.update_log import UpdateLog, UpdateRecord, read_log
 from hatchery.es import EsUpdater, StepRule, find_targets
 from hatchery.launcher import spawn_service, wait_for_port
-from hatchery.v1 import optimizer_pb2
-from optimizer_svc.update_log import UpdateLog, read_log
 
 GENERATIONS = 6
 
@@ -203,7 +202,7 @@ def test_a_worker_told_to_stop_mid_lease_hands_it_back_at_the_next_token(tiny_ll
     """A stop (SIGTERM) cuts the forward pass in hand short: the partial completions are
     not scored or reported, and the lease goes back to the optimizer at once (ReleaseLease),
     so the next worker to ask gets it without waiting for its deadline."""
-    from hatchery.bench_sync import loopback_run
+    from hatchery.bench.sync import loopback_run
 
     config = _config(tiny_llama_dir, tmp_path / "run")
     config["task"]["max_new_tokens"] = 64
@@ -229,7 +228,7 @@ def test_a_torn_last_log_line_is_dropped_and_a_corrupt_one_refused(tmp_path):
     path = tmp_path / "updates.jsonl"
     log = UpdateLog(path)
     for g in range(2):
-        log.append(optimizer_pb2.UpdateRecord(generation=g, noise_epoch=g, lr=0.1, fitness=[1.0, -1.0]))
+        log.append(UpdateRecord(generation=g, noise_epoch=g, lr=0.1, sigma=0.0, fitness=(1.0, -1.0)))
     log.close()
     whole = path.read_bytes()
     path.write_bytes(whole + b'{"generation": "2", "fitn')  # a write cut short by SIGKILL
@@ -241,7 +240,7 @@ def test_a_torn_last_log_line_is_dropped_and_a_corrupt_one_refused(tmp_path):
 
 @pytest.mark.parametrize("optimizer, moment", [("adam", "adam_m/"), ("momentum", "momentum/")])
 def test_checkpoint_restores_weights_and_optimizer_state_exactly(tiny_llama_dir, tmp_path, optimizer, moment):
-    from hatchery.model import load_model
+    from hatchery.core.model import load_model
 
     def updater():
         return EsUpdater(find_targets(load_model(tiny_llama_dir).model), seed=3, rank=2, rule=StepRule(optimizer))

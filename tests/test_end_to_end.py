@@ -12,9 +12,9 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from hatchery.config import parse_config
+from hatchery.core.config import parse_config
+from hatchery.core.update_log import read_log
 from hatchery.launcher import spawn_service, wait_for_port
-from optimizer_svc.update_log import read_log
 from reference import run_reference
 
 

@@ -7,9 +7,9 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from hatchery.config import parse_config
+from hatchery.core.config import parse_config
+from hatchery.core.model import generate, load_model
 from hatchery.export import export_hf, export_peft_lora, truncated, weights_at
-from hatchery.model import generate, load_model
 from reference import run_reference
 
 PROMPTS = ["What is 3 + 4?", "What is 9 - 2?", "Say hi"]

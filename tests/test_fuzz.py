@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import inference_svc.server as inference_server
-from hatchery.config import parse_config
-from hatchery.model import load_model
-from hatchery.serving import Server, channel
-from hatchery.start import prepare_start
+from hatchery.core.config import parse_config
+from hatchery.core.model import load_model
+from hatchery.core.start import prepare_start
+from hatchery.service.serving import Server, channel
 from hatchery.v1 import inference_pb2, inference_pb2_grpc, optimizer_pb2_grpc, reward_pb2, reward_pb2_grpc
 from hatchery.v1 import optimizer_pb2 as pb
 from inference_svc.server import InferenceServicer, Worker

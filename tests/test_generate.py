@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import tiny
-from hatchery.es import NoiseKey, PopulationNoise, find_targets, materialised_member, perturbed
-from hatchery.model import (
+from hatchery.bench.openes import materialised_member
+from hatchery.core.model import (
     GenerationInterrupted,
     LoadedModel,
     RowGroups,
@@ -17,7 +17,9 @@ from hatchery.model import (
     format_prompts,
     generate,
 )
-from reward_svc.graders import first_integer, first_integer_settled, stop_rule
+from hatchery.core.stop_rules import first_integer_settled, stop_rule
+from hatchery.es import NoiseKey, PopulationNoise, find_targets, perturbed
+from reward_svc.graders import first_integer
 
 SIGMA = 0.05
 NEW_TOKENS = 6

@@ -5,7 +5,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from hatchery.tasks import arith, countdown, countdown_problem
+from hatchery.core.stop_rules import first_integer_settled
+from hatchery.core.tasks import arith, countdown, countdown_problem
 from reward_svc.graders import (
     Combined,
     NotApplicable,
@@ -16,7 +17,6 @@ from reward_svc.graders import (
     builtin_graders,
     evaluate_equation,
     first_integer,
-    first_integer_settled,
     length,
     numeric,
 )

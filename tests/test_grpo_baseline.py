@@ -3,10 +3,10 @@ held-out evaluation off its training clock; its curve plots next to a run's."""
 
 import json
 
-from hatchery.ablation import run_summary
-from hatchery.grpo_baseline import run_grpo
-from hatchery.plot import plot_heldout_against_time
-from hatchery.run_metrics import heldout_curve, metrics_rows
+from hatchery.bench.ablation import run_summary
+from hatchery.bench.grpo import run_grpo
+from hatchery.core.plot import plot_heldout_against_time
+from hatchery.core.run_metrics import heldout_curve, metrics_rows
 
 
 def test_grpo_baseline_logs_heldout_reward_against_training_time(tiny_llama_dir, tmp_path):

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from hatchery.cli import build_parser
-from hatchery.config import parse_config
-from reward_svc.specs import parse_specs
+from hatchery.core.config import parse_config
+from hatchery.core.grader_specs import parse_specs
 
 CHART = str(Path(__file__).resolve().parent.parent / "helm" / "hatchery")
 KUBERNETES = "1.30"

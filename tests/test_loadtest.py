@@ -1,7 +1,7 @@
 """`hatchery loadtest` on the smallest settings: it stops by itself, and on loopback
 every request succeeds and every simulated worker's lease is accepted."""
 
-from hatchery.loadtest import run_loadtest
+from hatchery.bench.loadtest import run_loadtest
 
 
 def test_loadtest_runs_bounded_and_reports_no_errors():

@@ -14,7 +14,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from hatchery.launcher import spawn_service, wait_for_port
-from hatchery.serving import channel
+from hatchery.service.serving import channel
 from hatchery.v1 import reward_pb2 as pb
 from hatchery.v1 import reward_pb2_grpc
 from reward_svc.server import reward_server

@@ -7,15 +7,15 @@ import sys
 import grpc
 import pytest
 
-from hatchery.config import parse_config
-from hatchery.model import load_model
-from hatchery.serving import channel
-from hatchery.start import prepare_start
+from hatchery.core.config import parse_config
+from hatchery.core.model import load_model
+from hatchery.core.start import prepare_start
+from hatchery.core.update_log import read_log
+from hatchery.service.serving import channel
 from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import optimizer_pb2_grpc, reward_pb2
 from optimizer_svc.coordinator import Coordinator
 from optimizer_svc.server import optimizer_server
-from optimizer_svc.update_log import read_log
 
 
 class Clock:

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import tiny
-from hatchery.es import NoiseKey, PopulationNoise, find_targets, materialised_member, perturbed
+from hatchery.bench.openes import materialised_member
+from hatchery.es import NoiseKey, PopulationNoise, find_targets, perturbed
 from hatchery.es.perturb import pair_groups
 
 SIGMA = 0.05

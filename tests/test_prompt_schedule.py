@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from hatchery.prompt_schedule import SPREAD_PREFERENCE, PromptSchedule
+from hatchery.core.prompt_schedule import SPREAD_PREFERENCE, PromptSchedule
 
 
 def test_uniform_is_the_seeded_sample():

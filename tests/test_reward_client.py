@@ -6,10 +6,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hatchery.serving import Server, channel
+from hatchery.service.reward_client import Endpoint, RewardClient
+from hatchery.service.serving import Server, channel
 from hatchery.v1 import reward_pb2 as pb
 from hatchery.v1 import reward_pb2_grpc
-from reward_svc.client import Endpoint, RewardClient
 from reward_svc.graders import PerSample, builtin_graders
 from reward_svc.server import reward_server
 

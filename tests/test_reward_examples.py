@@ -5,8 +5,8 @@ import sys
 from pathlib import Path
 
 from hatchery.launcher import wait_for_port
+from hatchery.service.reward_client import Endpoint, RewardClient
 from hatchery.v1 import reward_pb2 as pb
-from reward_svc.client import Endpoint, RewardClient
 from reward_svc.specs import build_graders, close_graders
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

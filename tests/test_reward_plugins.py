@@ -10,12 +10,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from hatchery.schema import ConfigError
-from hatchery.serving import channel
+from hatchery.core.grader_specs import parse_specs
+from hatchery.core.schema import ConfigError
+from hatchery.service.serving import channel
 from hatchery.v1 import reward_pb2 as pb
 from hatchery.v1 import reward_pb2_grpc
 from reward_svc.server import reward_server
-from reward_svc.specs import build_graders, close_graders, parse_specs
+from reward_svc.specs import build_graders, close_graders
 
 PLUGINS = str(Path(__file__).parent / "plugins")
 OK, FAILED, TIMED_OUT, NA = (pb.SCORE_STATUS_OK, pb.SCORE_STATUS_FAILED, pb.SCORE_STATUS_TIMED_OUT,

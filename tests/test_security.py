@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from certs import CA
-from hatchery.security import Tls
-from hatchery.serving import channel
+from hatchery.service.security import Tls
+from hatchery.service.serving import channel
 from hatchery.v1 import reward_pb2 as pb
 from hatchery.v1 import reward_pb2_grpc
 from reward_svc.server import reward_server

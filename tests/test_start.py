@@ -12,12 +12,12 @@ import yaml
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from hatchery.config import parse_config
+from hatchery.core.config import parse_config
+from hatchery.core.model import load_model
+from hatchery.core.schema import ConfigError
+from hatchery.core.start import prepare_start
 from hatchery.export import export_peft_lora, weights_at
-from hatchery.model import load_model
-from hatchery.schema import ConfigError
-from hatchery.serving import channel
-from hatchery.start import prepare_start
+from hatchery.service.serving import channel
 from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import optimizer_pb2_grpc
 from inference_svc import fetch

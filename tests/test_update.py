@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import tiny
+from hatchery.bench.openes import member_noise, openes_update
 from hatchery.es import (
     EsUpdater,
     NoiseKey,
@@ -13,8 +14,6 @@ from hatchery.es import (
     StepRule,
     es_gradient,
     find_targets,
-    member_noise,
-    openes_update,
     perturbed,
     shape_fitness,
 )
@@ -141,7 +140,7 @@ def test_eggroll_improves_a_synthetic_objective(rule):
 
 
 def test_openes_baseline_improves_a_synthetic_objective():
-    from hatchery.es import materialised_member
+    from hatchery.bench.openes import materialised_member
 
     model, x, y, targets = _synthetic_objective()
     pop, sigma = 16, 0.1

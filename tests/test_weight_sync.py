@@ -9,11 +9,11 @@ import grpc
 import pytest
 import torch
 
-from hatchery.bench_sync import loopback_run, run_sync_bench, run_to_end
-from hatchery.config import parse_config
-from hatchery.model import load_model
-from hatchery.serving import channel
-from hatchery.start import prepare_start
+from hatchery.bench.sync import loopback_run, run_sync_bench, run_to_end
+from hatchery.core.config import parse_config
+from hatchery.core.model import load_model
+from hatchery.core.start import prepare_start
+from hatchery.service.serving import channel
 from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import optimizer_pb2_grpc
 from optimizer_svc.coordinator import Coordinator

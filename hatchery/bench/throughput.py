@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-from hatchery.es import NoiseKey, PopulationNoise, find_targets, materialised_member, perturbed
-from hatchery.model import DTYPES, EMBEDDED, LoadedModel, load_model, load_tokenizer, resolve_model
-from hatchery.tasks import arith
+from hatchery.bench.openes import materialised_member
+from hatchery.core.model import DTYPES, EMBEDDED, LoadedModel, load_model, load_tokenizer, resolve_model
+from hatchery.core.tasks import arith
+from hatchery.es import NoiseKey, PopulationNoise, find_targets, perturbed
 
 SIGMA = 3e-3
 # Random weights in the shapes of Qwen2.5-0.5B and -1.5B (throughput needs no trained weights), for GPU runs.
@@ -202,7 +203,7 @@ def run_bench(models: Sequence[str], dtypes: Sequence[str], batches: Sequence[in
 
 def plot_bench(report: dict, out_dir: Path) -> list[Path]:
     """bench-throughput.png (ratio against batch, one line per rank) and bench-naive.png."""
-    from hatchery.plot import plt
+    from hatchery.core.plot import plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []

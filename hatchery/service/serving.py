@@ -14,8 +14,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from hatchery.metrics import GrpcMetricsInterceptor
-from hatchery.security import BearerTokenClient, BearerTokenInterceptor, Tls
+from hatchery.service.metrics import GrpcMetricsInterceptor
+from hatchery.service.security import BearerTokenClient, BearerTokenInterceptor, Tls
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # deliberate: a held-out batch of long completions fits, a model does not
 CHANNEL_OPTIONS = [

@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from hatchery.failpoints import failpoint
+from hatchery.core.failpoints import failpoint
 
 _NAME = re.compile(r"^ckpt-(\d{8})\.safetensors$")
 

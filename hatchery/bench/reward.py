@@ -24,13 +24,13 @@ from pathlib import Path
 
 import yaml
 
+from hatchery.core.tasks import countdown_problem
 from hatchery.launcher import loopback_service
-from hatchery.tasks import countdown_problem
+from hatchery.service.reward_client import Endpoint, RewardClient
 from hatchery.v1 import reward_pb2 as pb
-from reward_svc.client import Endpoint, RewardClient
 from reward_svc.graders import builtin_graders
 
-PLUGIN_DIR = Path(__file__).resolve().parent.parent / "examples" / "plugins"
+PLUGIN_DIR = Path(__file__).resolve().parents[2] / "examples" / "plugins"
 PLUGIN = "trl_rewards:accuracy_reward"
 
 

@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
 
+from hatchery.core.model import EMBEDDED, LoadedModel, generate, load_tokenizer, resolve_model
+from hatchery.core.stop_rules import stop_rule
+from hatchery.core.tasks import Task, TaskPrompt, load_task
 from hatchery.evaluation import summary
-from hatchery.model import EMBEDDED, LoadedModel, generate, load_tokenizer, resolve_model
-from hatchery.tasks import Task, TaskPrompt, load_task
 from hatchery.v1 import reward_pb2
-from reward_svc.graders import BatchGrader, builtin_graders, stop_rule
+from reward_svc.graders import BatchGrader, builtin_graders
 from reward_svc.server import to_proto
 
 

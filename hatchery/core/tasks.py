@@ -21,7 +21,7 @@ class Task:
     train: list[TaskPrompt]  # sampled from during training
     heldout: list[TaskPrompt]  # never used for training or selection
     max_new_tokens: int
-    stop_rule: str = ""  # one of reward_svc.graders.STOP_RULES: its grader reads nothing after that point
+    stop_rule: str = ""  # one of hatchery.core.stop_rules.STOP_RULES: its grader reads nothing after that point
 
     def stop_rule_for(self, grader: str) -> str:
         """The early stop when `grader` ("": the task's own) scores the completions; none

@@ -14,13 +14,13 @@ from typing import Any
 
 import yaml
 
+from hatchery.core.grader_specs import BUILTIN_NAMES, parse_specs
+from hatchery.core.model import DTYPES, EMBEDDED
+from hatchery.core.prompt_schedule import SELECTIONS
+from hatchery.core.schema import ConfigError, check, from_dict
+from hatchery.core.tasks import TASKS
 from hatchery.es.shaping import FailedSamples, Shaping
 from hatchery.es.update import LR_SCHEDULES, OPTIMIZERS
-from hatchery.model import DTYPES, EMBEDDED
-from hatchery.prompt_schedule import SELECTIONS
-from hatchery.schema import ConfigError, check, from_dict
-from hatchery.tasks import TASKS
-from reward_svc.specs import BUILTIN_NAMES, parse_specs
 
 
 @dataclass(frozen=True)

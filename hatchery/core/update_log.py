@@ -8,15 +8,31 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from google.protobuf import json_format
 
-from hatchery.v1 import optimizer_pb2 as pb
+@dataclass(frozen=True)
+class UpdateRecord:
+    """One generation's update: all a replica needs to apply it (hatchery.v1.UpdateRecord on the wire)."""
 
+    generation: int
+    noise_epoch: int  # the noise key's generation part: generation // noise_reuse
+    lr: float
+    sigma: float
+    fitness: tuple[float, ...]  # the N shaped fitness values, one per member
 
-def _parse(line: str) -> pb.UpdateRecord:
-    return json_format.ParseDict(json.loads(line), pb.UpdateRecord())
+    def to_json(self) -> str:
+        """The line as protobuf's JSON mapping writes it (64-bit integers as strings), so logs
+        written before and after this class read the same."""
+        return json.dumps({"fitness": list(self.fitness), "generation": str(self.generation), "lr": self.lr,
+                           "noise_epoch": str(self.noise_epoch), "sigma": self.sigma}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, line: str) -> UpdateRecord:
+        row = json.loads(line)
+        return cls(int(row.get("generation", 0)), int(row.get("noise_epoch", 0)), float(row.get("lr", 0.0)),
+                   float(row.get("sigma", 0.0)), tuple(float(f) for f in row.get("fitness", ())))
 
 
 class UpdateLog:
@@ -28,7 +44,7 @@ class UpdateLog:
 
     def __init__(self, path: Path):
         self.path = path
-        self.records: list[pb.UpdateRecord] = []
+        self.records: list[UpdateRecord] = []
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             self._recover()
@@ -38,7 +54,7 @@ class UpdateLog:
         lines = self.path.read_bytes().split(b"\n")
         complete, last = lines[:-1], lines[-1]  # `last` is b"" unless a write was cut short
         for number, raw in enumerate(complete, 1):
-            record = _parse(raw.decode("utf-8"))
+            record = UpdateRecord.from_json(raw.decode("utf-8"))
             if record.generation != len(self.records):
                 raise ValueError(f"{self.path}:{number}: record for generation {record.generation}, "
                                  f"expected {len(self.records)}")
@@ -46,22 +62,20 @@ class UpdateLog:
         if last:
             os.truncate(self.path, self.path.stat().st_size - len(last))
 
-    def append(self, record: pb.UpdateRecord) -> None:
+    def append(self, record: UpdateRecord) -> None:
         if record.generation != len(self.records):
             raise ValueError(f"record for generation {record.generation}, log holds {len(self.records)}")
-        line = json.dumps(json_format.MessageToDict(record, preserving_proto_field_name=True,
-                                                     always_print_fields_with_no_presence=True), sort_keys=True)
-        self._file.write(line + "\n")
+        self._file.write(record.to_json() + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
         self.records.append(record)
 
-    def since(self, generation: int) -> list[pb.UpdateRecord]:
+    def since(self, generation: int) -> list[UpdateRecord]:
         return self.records[generation:]
 
     def close(self) -> None:
         self._file.close()
 
 
-def read_log(path: Path) -> list[pb.UpdateRecord]:
-    return [_parse(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def read_log(path: Path) -> list[UpdateRecord]:
+    return [UpdateRecord.from_json(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import grpc
 
-from hatchery.bench import tiny_model
-from hatchery.config import RunConfig, parse_config
-from hatchery.model import EMBEDDED, load_model, resolve_model
-from hatchery.serving import channel
-from hatchery.start import prepare_start
+from hatchery.bench.throughput import tiny_model
+from hatchery.core.config import RunConfig, parse_config
+from hatchery.core.model import EMBEDDED, load_model, resolve_model
+from hatchery.core.start import prepare_start
+from hatchery.service.serving import channel
 from hatchery.v1 import optimizer_pb2_grpc
 from inference_svc.server import Worker
 from optimizer_svc.coordinator import Coordinator

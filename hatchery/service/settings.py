@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hatchery.config import RunConfig
+from hatchery.core.config import RunConfig
 from hatchery.es import StepRule
 from hatchery.v1 import optimizer_pb2 as pb
 

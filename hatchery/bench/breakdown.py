@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hatchery.run_metrics import metrics_rows, training_rows
+from hatchery.core.run_metrics import metrics_rows, training_rows
 
 PARTS = ("generate", "reward", "update", "noise", "optimizer_update")
 

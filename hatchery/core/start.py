@@ -16,9 +16,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from hatchery.config import RunConfig
-from hatchery.model import load_model, merge_adapter, resolve_model
-from hatchery.schema import ConfigError
+from hatchery.core.config import RunConfig
+from hatchery.core.model import load_model, merge_adapter, resolve_model
+from hatchery.core.schema import ConfigError
 
 START_RECORD = "start.json"
 MERGED_FOLDER = "start-model"

@@ -25,11 +25,11 @@ from pathlib import Path
 import grpc
 import yaml
 
-from hatchery.bench import tiny_model
-from hatchery.bench_reward import countdown_samples
+from hatchery.bench.reward import countdown_samples
+from hatchery.bench.throughput import tiny_model
+from hatchery.core.model import EMBEDDED, load_model, resolve_model
 from hatchery.launcher import loopback_service
-from hatchery.model import EMBEDDED, load_model, resolve_model
-from hatchery.serving import channel
+from hatchery.service.serving import channel
 from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import optimizer_pb2_grpc, reward_pb2, reward_pb2_grpc
 

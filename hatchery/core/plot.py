@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from hatchery.run_metrics import metrics_rows, training_rows  # noqa: E402
+from hatchery.core.run_metrics import metrics_rows, training_rows  # noqa: E402
 
 
 def _save_reward_axes(fig, ax, out: Path, xlabel: str, ylabel: str, title: str) -> None:

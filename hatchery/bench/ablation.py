@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from hatchery.plot import plot_heldout_against_time
-from hatchery.run_metrics import heldout_curve, metrics_rows, training_rows
+from hatchery.core.plot import plot_heldout_against_time
+from hatchery.core.run_metrics import heldout_curve, metrics_rows, training_rows
 
 
 def run_summary(run: Path) -> dict:

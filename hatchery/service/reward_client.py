@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import grpc
 
-from hatchery.security import Tls
-from hatchery.serving import channel
+from hatchery.service.security import Tls
+from hatchery.service.serving import channel
 from hatchery.v1 import reward_pb2 as pb
 from hatchery.v1 import reward_pb2_grpc
 
