@@ -23,7 +23,7 @@ from hatchery.core.model import LoadedModel, load_model
 from hatchery.core.start import recorded_start
 from hatchery.core.update_log import read_log
 from hatchery.es import EsUpdater, find_targets
-from hatchery.service.settings import es_settings, step_rule
+from hatchery.service.settings import step_rule
 
 
 @dataclass
@@ -47,7 +47,7 @@ def weights_at(run_dir: str | Path, generation: int | None = None) -> RunWeights
     records = read_log(run_dir / "updates.jsonl")
     generation = len(records) if generation is None else generation
     targets = find_targets(lm.model, cfg.es.target_modules, cfg.es.exclude_modules)
-    replay(EsUpdater(targets, cfg.es.seed, cfg.es.rank, step_rule(es_settings(cfg))), run_dir / "checkpoints",
+    replay(EsUpdater(targets, cfg.es.seed, cfg.es.rank, step_rule(cfg.es)), run_dir / "checkpoints",
            records, generation)
     return RunWeights(cfg, start, generation, lm)
 

@@ -14,7 +14,7 @@ import grpc
 
 from hatchery.core.config import RunConfig
 from hatchery.core.model import load_model
-from hatchery.core.plot import plot_rewards
+from hatchery.core.run_metrics import WORKER_TIME_SPLIT, GenerationStats
 from hatchery.core.start import StartPoint, prepare_start
 from hatchery.service.metrics import FAILED_SAMPLES, GENERATION_DURATION, PERTURBATIONS, serve_metrics, watch_run
 from hatchery.service.security import Tls, service_token
@@ -22,7 +22,7 @@ from hatchery.service.serving import Server, invalid_argument_on_value_error, st
 from hatchery.service.settings import es_settings, reward_settings
 from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import optimizer_pb2_grpc, reward_pb2
-from optimizer_svc.coordinator import Coordinator, GenerationStats
+from optimizer_svc.coordinator import Coordinator
 
 log = logging.getLogger("hatchery.optimizer")
 MAX_WORKER_ID = 256
@@ -48,7 +48,7 @@ def check_report(req: pb.ReportResultRequest) -> None:
             raise ValueError(f"statuses[{i}]: {status} is not a hatchery.v1.ScoreStatus")
         if status == reward_pb2.SCORE_STATUS_OK and not math.isfinite(reward):
             raise ValueError(f"rewards[{i}] is {reward} with status OK; report a non-finite score as FAILED")
-    for name in ("generate_seconds", "reward_seconds", "update_seconds", "noise_seconds"):
+    for name in (f"{part}_seconds" for part in WORKER_TIME_SPLIT):
         value = getattr(req, name)
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {value}")
@@ -112,15 +112,14 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
 
 
 def progress_line(stats: GenerationStats, total: int) -> str:
-    training = stats.reward_mean == stats.reward_mean  # not NaN: a training generation
     parts = [f"gen {stats.generation:>4}/{total}"]
-    parts.append(f"reward mean {stats.reward_mean:.3f} max {stats.reward_max:.3f}" if training
+    parts.append(f"reward mean {stats.reward_mean:.3f} max {stats.reward_max:.3f}" if stats.trained
                  else "final evaluation      ")
     if stats.heldout_reward is None:
         parts.append("held-out   -          ")
     else:
         parts.append(f"held-out {stats.heldout_reward:.3f}+-{stats.heldout_stderr or 0.0:.3f}")
-    if training:
+    if stats.trained:
         parts.append(f"{stats.tokens_per_second:6.1f} tok/s  {stats.seconds:5.2f} s/gen")
     if stats.heldout_seconds:
         parts.append(f"(evaluation {stats.heldout_seconds:.2f} s)")
@@ -147,7 +146,7 @@ def serve(cfg: RunConfig, host: str, port: int, port_file: str | None, tls: Tls 
 
     def on_generation(stats: GenerationStats) -> None:
         print(progress_line(stats, cfg.train.generations), flush=True)
-        if stats.reward_mean == stats.reward_mean:  # not NaN: a training generation
+        if stats.trained:
             GENERATION_DURATION.observe(stats.seconds)
             PERTURBATIONS.inc(cfg.es.population)
             FAILED_SAMPLES.inc(stats.failed_samples)
@@ -162,6 +161,8 @@ def serve(cfg: RunConfig, host: str, port: int, port_file: str | None, tls: Tls 
     while not stop.is_set() and not coordinator.finished.wait(0.5):
         pass
     if coordinator.finished.is_set():
+        from hatchery.core.plot import plot_rewards  # matplotlib only once there is a plot to draw
+
         lm.model.save_pretrained(run_dir / "model")
         lm.tokenizer.save_pretrained(run_dir / "model")
         plot_rewards(run_dir / "metrics.jsonl", run_dir / "rewards.png", f"{cfg.task.name}: {run_dir.name}")

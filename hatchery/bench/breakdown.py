@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hatchery.core.run_metrics import metrics_rows, training_rows
+from hatchery.core.run_metrics import OPTIMIZER_TIME_SPLIT, WORKER_TIME_SPLIT, metrics_rows, training_rows
 
-PARTS = ("generate", "reward", "update", "noise", "optimizer_update")
+PARTS = (*WORKER_TIME_SPLIT, OPTIMIZER_TIME_SPLIT)
 
 
 def time_breakdown(run_dir: str | Path) -> dict:

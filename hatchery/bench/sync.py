@@ -94,7 +94,7 @@ def sync_row(model_dir: Path, run_dir: Path, generations: int) -> dict:
                                   "checkpoint_every": 0, "time_budget_seconds": 0}})
     with loopback_run(cfg) as (coordinator, worker, counter):
         run_to_end(coordinator, worker)
-    train = [s for s in coordinator.history if s.reward_mean == s.reward_mean]  # not the final evaluation
+    train = [s for s in coordinator.history if s.trained]
     return {
         "model": model_dir.name, "parameters": sum(t.weight.numel() for t in coordinator.targets),
         "generations": len(train), "bytes_per_generation": counter.bytes / generations,

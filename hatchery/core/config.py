@@ -20,7 +20,7 @@ from hatchery.core.prompt_schedule import SELECTIONS
 from hatchery.core.schema import ConfigError, check, from_dict
 from hatchery.core.tasks import TASKS
 from hatchery.es.shaping import FailedSamples, Shaping
-from hatchery.es.update import LR_SCHEDULES, OPTIMIZERS
+from hatchery.es.update import LR_SCHEDULES, OPTIMIZERS, StepRule
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,10 @@ class TaskConfig:
 
 
 @dataclass(frozen=True)
-class EsConfig:
+class EsConfig(StepRule):
+    """The `es` section: the step rule's settings (optimizer, adam_*, weight_decay, momentum,
+    declared once, in hatchery.es.StepRule) and the rest of the method's."""
+
     seed: int = 0
     population: int = 16
     rank: int = 1
@@ -51,12 +54,6 @@ class EsConfig:
     noise_reuse: int = 1
     shaping: str = Shaping.CENTERED_ZSCORE.value
     failed_samples: str = FailedSamples.DROP_PAIR.value
-    optimizer: str = "sgd"
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # optimizer "momentum": decay of the running average of ES gradients
     target_modules: list[str] = field(default_factory=lambda: [".*"])
     exclude_modules: list[str] = field(default_factory=lambda: ["lm_head"])
 

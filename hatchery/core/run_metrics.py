@@ -1,12 +1,64 @@
-"""A run's metrics.jsonl, read back: one JSON row per generation, as the optimizer wrote it.
+"""A run's metrics.jsonl: one JSON row per generation, written and read here only.
 
-A row whose reward_mean is None trained nothing (the held-out evaluation that ends a run).
+The optimizer appends a row as each generation closes (MetricsLog); the plot, the
+breakdown, ablations and a resumed optimizer read the rows back (metrics_rows). A
+row whose reward_mean is None trained nothing: the held-out evaluation that ends a run.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+# Where a worker's time went, as it reports it (ReportResultRequest.<part>_seconds); the
+# optimizer adds "optimizer_update" for its own shaping, log append, update and checkpoint.
+WORKER_TIME_SPLIT = ("generate", "reward", "update", "noise")
+OPTIMIZER_TIME_SPLIT = "optimizer_update"
+
+
+@dataclass
+class GenerationStats:
+    """One row of metrics.jsonl."""
+
+    generation: int
+    reward_mean: float | None  # None: no training in this generation (the run's final evaluation)
+    reward_max: float | None
+    reward_std: float | None
+    heldout_reward: float | None  # None: no held-out evaluation before this generation
+    seconds: float  # training wall time: the held-out evaluation before it is not counted
+    generated_tokens: int
+    update_norm: float
+    prompts_with_spread: float  # share of prompts whose rewards differ across members
+    failed_samples: int = 0  # samples whose reward came back not OK (see es.failed_samples)
+    # Where the time went, summed over the generation's accepted reports (worker seconds)
+    # and the optimizer's own update (shaping, log append, its weights, checkpoint).
+    time_split: dict[str, float] = field(default_factory=dict)
+    heldout_stderr: float | None = None  # standard error of heldout_reward over the held-out prompts
+    heldout_seconds: float = 0.0  # wall time of the held-out evaluation, kept off the training clock
+    prompts: list[int] = field(default_factory=list)  # indices of the training prompts answered
+    spread_prompts: list[int] = field(default_factory=list)  # those whose rewards differed across members
+
+    @property
+    def trained(self) -> bool:
+        return self.reward_mean is not None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self, final: bool) -> str:
+        """The row; NaN (nothing scored) is written as null, as JSON has no NaN."""
+        row = {**asdict(self), "tokens_per_second": self.tokens_per_second, "final": final}
+        return json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+
+    @classmethod
+    def from_row(cls, row: dict) -> GenerationStats:
+        row = dict(row)
+        del row["tokens_per_second"], row["final"]
+        return cls(**row)
 
 
 def metrics_rows(path: str | Path) -> list[dict]:
@@ -15,6 +67,29 @@ def metrics_rows(path: str | Path) -> list[dict]:
     if path.is_dir():
         path = path / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class MetricsLog:
+    """The optimizer's writer of metrics.jsonl. Opening it keeps the rows of the generations
+    before `generation` (those the update log holds) and drops any of a generation that did
+    not finish, so a resumed run's file reads as if it had never stopped."""
+
+    def __init__(self, path: Path, generation: int):
+        self.path = path
+        rows = [GenerationStats.from_row(r) for r in metrics_rows(path)] if path.exists() else []
+        self.history = [r for r in rows if r.generation < generation]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(r.to_json(final=False) + "\n" for r in self.history), encoding="utf-8")
+        os.replace(tmp, path)
+        self._file = open(path, "a", encoding="utf-8")
+
+    def append(self, stats: GenerationStats, final: bool) -> None:
+        self.history.append(stats)
+        self._file.write(stats.to_json(final) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def training_rows(rows: list[dict]) -> list[dict]:

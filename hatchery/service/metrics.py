@@ -110,12 +110,12 @@ class RunCollector(Collector):
         yield GaugeMetricFamily("hatchery_generation", "Training generations completed", value=c.generation)
         yield GaugeMetricFamily("hatchery_workers", "Workers that have joined the run", value=len(c.workers))
         yield CounterMetricFamily("hatchery_lease_reassignments", "Leases handed out again after their deadline",
-                                  value=c.lease_reassignments)
+                                  value=c.leases.reassignments)
         yield CounterMetricFamily("hatchery_lease_releases", "Leases handed back unfinished by a stopping worker",
-                                  value=c.lease_releases)
+                                  value=c.leases.releases)
         yield CounterMetricFamily("hatchery_fingerprint_mismatches", "Results dropped: the worker's weights differed",
                                   value=c.fingerprint_mismatches)
-        trained = [s for s in c.history if s.reward_mean == s.reward_mean]  # NaN: the final evaluation row
+        trained = [s for s in c.history if s.trained]
         if trained:
             last = trained[-1]
             for name, value, what in (("reward_mean", last.reward_mean, "Mean reward"),

@@ -1,19 +1,27 @@
-"""The settings a worker needs (ES, reward services), between the YAML config and the wire."""
+"""The settings a worker needs (ES, reward services), between the YAML config and the wire.
+
+EsSettings carries the config's `es` fields by name, so a setting is declared once (in
+hatchery.es.StepRule or the config's EsConfig) and reaches the wire and every worker's
+step rule without a hand-written mapping; tests/unit/test_settings.py fails when a field
+exists on one side only.
+"""
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 from hatchery.core.config import RunConfig
 from hatchery.es import StepRule
 from hatchery.v1 import optimizer_pb2 as pb
 
+# EsSettings fields that come from elsewhere than the config's `es` section.
+_NOT_FROM_ES = {"dtype": lambda cfg: cfg.model.dtype}
+
 
 def es_settings(cfg: RunConfig) -> pb.EsSettings:
-    es = cfg.es
-    return pb.EsSettings(seed=es.seed, rank=es.rank, population=es.population, noise_reuse=es.noise_reuse,
-                         target_modules=es.target_modules, exclude_modules=es.exclude_modules,
-                         optimizer=es.optimizer, adam_beta1=es.adam_beta1, adam_beta2=es.adam_beta2,
-                         adam_eps=es.adam_eps, weight_decay=es.weight_decay, momentum=es.momentum,
-                         dtype=cfg.model.dtype)
+    return pb.EsSettings(**{f.name: _NOT_FROM_ES[f.name](cfg) if f.name in _NOT_FROM_ES else getattr(cfg.es, f.name)
+                            for f in pb.EsSettings.DESCRIPTOR.fields})
 
 
 def reward_settings(cfg: RunConfig) -> pb.RewardSettings:
@@ -24,5 +32,6 @@ def reward_settings(cfg: RunConfig) -> pb.RewardSettings:
         timeout_seconds=rw.timeout_seconds, retries=rw.retries, batch_size=rw.batch_size)
 
 
-def step_rule(es: pb.EsSettings) -> StepRule:
-    return StepRule(es.optimizer, es.adam_beta1, es.adam_beta2, es.adam_eps, es.weight_decay, es.momentum)
+def step_rule(settings: Any) -> StepRule:
+    """The step rule of an EsSettings message (a worker) or of the config's es section (the optimizer)."""
+    return StepRule(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(StepRule)})

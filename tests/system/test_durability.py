@@ -215,13 +215,13 @@ def test_a_worker_told_to_stop_mid_lease_hands_it_back_at_the_next_token(tiny_ll
                 stop.set()
 
         worker.evaluator.lm.model.register_forward_hook(stop_at_the_second_forward)
-        held = coordinator.pending[0].lease_id  # the lease the worker is about to get
+        held = coordinator.leases.pending[0].lease_id  # the lease the worker is about to get
         worker.run(stop)
         assert len(forwards) == 2  # not the lease's 64 tokens
         assert worker.leases_completed == 0 and coordinator.history == []  # never reported
-        assert coordinator.outstanding == {} and coordinator.lease_releases == 1
+        assert coordinator.leases.outstanding == {} and coordinator.leases.releases == 1
         successor = coordinator.get_work("w2", 0).lease  # well inside the lease's 600 s deadline
-        assert successor.lease_id == held and coordinator.lease_reassignments == 0
+        assert successor.lease_id == held and coordinator.leases.reassignments == 0
 
 
 def test_a_torn_last_log_line_is_dropped_and_a_corrupt_one_refused(tmp_path):

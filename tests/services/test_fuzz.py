@@ -64,9 +64,10 @@ def services(tiny_llama_dir, tmp_path_factory):
 def snapshot(c: Coordinator) -> tuple:
     """The optimizer's run state, all of it that a message could change."""
     with c._lock:
-        return (c.generation, sorted(c.outstanding), [lease.lease_id for lease in c.pending],
-                {k: (w.leases_completed, w.fingerprint) for k, w in c.workers.items()}, c.rewards.tobytes(),
-                c.heldout, c.gen_tokens, c.fingerprint_mismatches, c.lease_reassignments, len(c.history))
+        return (c.generation, sorted(c.leases.outstanding), [lease.lease_id for lease in c.leases.pending],
+                {k: (w.leases_completed, w.fingerprint) for k, w in c.workers.items()}, c.current.rewards.tobytes(),
+                c.current.heldout, c.current.tokens, c.fingerprint_mismatches, c.leases.reassignments,
+                len(c.history))
 
 
 def call(method, request, streaming=False):
@@ -93,7 +94,7 @@ def _optimizer_rpc(services, name, request, streaming=False):
     if isinstance(reply, grpc.StatusCode):
         assert snapshot(coordinator) == before, f"a rejected {name} changed the run"
     with coordinator._lock:  # what was accepted is usable: a failed sample is NaN, never inf
-        assert not np.isinf(coordinator.rewards).any(), "an infinite reward was accepted"
+        assert not np.isinf(coordinator.current.rewards).any(), "an infinite reward was accepted"
     still_serving(health)
     return reply
 
@@ -117,7 +118,7 @@ def test_report_result(services, msg, data):
     _, coordinator, _ = services
     if data.draw(st.booleans()):
         with coordinator._lock:
-            leases = [out.lease for _, out in sorted(coordinator.outstanding.items())]
+            leases = [out.lease for _, out in sorted(coordinator.leases.outstanding.items())]
             generation, fingerprint = coordinator.generation, coordinator.weights_fingerprint
         if not leases:  # a lease to aim at (setup, not under test)
             leases = [coordinator.get_work("fuzz-holder", generation).lease]
@@ -149,17 +150,17 @@ def test_release_lease(services, msg, data):
     _, coordinator, _ = services
 
     def leases() -> list[str]:
-        return sorted([lease.lease_id for lease in coordinator.pending] + list(coordinator.outstanding))
+        return sorted([lease.lease_id for lease in coordinator.leases.pending] + list(coordinator.leases.outstanding))
 
     if data.draw(st.booleans()):
         with coordinator._lock:
-            held = [(lease_id, out.worker_id) for lease_id, out in sorted(coordinator.outstanding.items())]
+            held = [(lease_id, out.worker_id) for lease_id, out in sorted(coordinator.leases.outstanding.items())]
         if not held:  # a lease to aim at (setup, not under test)
             held = [(coordinator.get_work("fuzz-holder", coordinator.generation).lease.lease_id, "fuzz-holder")]
         msg.lease_id, holder = held[data.draw(st.integers(0, 7)) % len(held)]
         msg.worker_id = data.draw(st.sampled_from([holder, "fuzzer"]))
     with coordinator._lock:
-        before, out = leases(), coordinator.outstanding.get(msg.lease_id)
+        before, out = leases(), coordinator.leases.outstanding.get(msg.lease_id)
     reply = _optimizer_rpc(services, "ReleaseLease", msg)
     with coordinator._lock:
         assert leases() == before

@@ -161,7 +161,7 @@ def test_expired_lease_goes_to_another_worker(optimizer):
     clock.now += 31
     again = stub.GetWork(pb.GetWorkRequest(worker_id="fast"), timeout=10).lease
     assert again.lease_id == first.lease_id
-    assert coordinator.lease_reassignments == 1
+    assert coordinator.leases.reassignments == 1
     late = stub.ReportResult(_result(first, coordinator.weights_fingerprint, worker="slow"), timeout=10)
     assert late.accepted  # the first answer wins; the reassigned copy's answer will be the duplicate
 
@@ -171,7 +171,7 @@ def test_a_released_lease_goes_to_the_next_worker_at_once(optimizer):
     first = stub.GetWork(pb.GetWorkRequest(worker_id="stopping"), timeout=10).lease
     not_its_own = pb.ReleaseLeaseRequest(worker_id="other", lease_id=first.lease_id)
     assert not stub.ReleaseLease(not_its_own, timeout=10).released  # only its holder may hand it back
-    assert first.lease_id in coordinator.outstanding
+    assert first.lease_id in coordinator.leases.outstanding
     assert stub.ReleaseLease(pb.ReleaseLeaseRequest(worker_id="stopping", lease_id=first.lease_id),
                              timeout=10).released
     again = stub.GetWork(pb.GetWorkRequest(worker_id="next"), timeout=10).lease  # no time has passed
@@ -203,7 +203,7 @@ def test_malformed_rpcs_get_invalid_argument_and_change_nothing(optimizer):
     assert "generate_seconds" in _invalid(stub.ReportResult, negative)
     assert "lease_id is empty" in _invalid(stub.ReleaseLease, pb.ReleaseLeaseRequest(worker_id="w"))
     assert "worker_id" in _invalid(stub.ReleaseLease, pb.ReleaseLeaseRequest(lease_id=lease.lease_id))
-    assert lease.lease_id in coordinator.outstanding and coordinator.generation == 0
+    assert lease.lease_id in coordinator.leases.outstanding and coordinator.generation == 0
     assert not coordinator.workers["w"].leases_completed
 
 

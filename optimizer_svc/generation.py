@@ -1,0 +1,83 @@
+"""The state of the generation in flight: what its leases have brought in so far.
+
+A generation may start with a held-out evaluation (one lease, run alone so its time
+is kept off the training clock), then trains: every member answers the same
+training prompts, and the rewards fill a population x prompts matrix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hatchery.core.run_metrics import OPTIMIZER_TIME_SPLIT, WORKER_TIME_SPLIT, GenerationStats
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """A held-out evaluation of the unperturbed weights."""
+
+    reward: float  # mean over the samples scored OK; NaN when none was
+    stderr: float  # its standard error; NaN with fewer than two samples
+    seconds: float  # wall time, kept off the training clock
+
+    @classmethod
+    def of(cls, scored: np.ndarray, seconds: float) -> HeldOut:
+        n = len(scored)
+        return cls(float(scored.mean()) if n else math.nan,
+                   float(scored.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan, seconds)
+
+
+@dataclass
+class Generation:
+    number: int
+    started: float  # the training clock's start: reset when the held-out evaluation is in
+    population: int
+    heldout: HeldOut | None = None
+    prompt_indices: list[int] = field(default_factory=list)  # the training prompts, once queued
+    rewards: np.ndarray = field(init=False)  # population x prompts; NaN until reported, or not scored OK
+    tokens: int = 0
+    split: dict[str, float] = field(default_factory=lambda: dict.fromkeys(WORKER_TIME_SPLIT, 0.0))
+
+    def __post_init__(self) -> None:
+        self.rewards = np.full((self.population, 0), np.nan)
+
+    def train_on(self, prompt_indices: list[int]) -> None:
+        self.prompt_indices = prompt_indices
+        self.rewards = np.full((self.population, len(prompt_indices)), np.nan)
+
+    def add(self, member_start: int, rewards: np.ndarray, tokens: int, split: dict[str, float]) -> None:
+        """A training lease's rewards (its members x the prompts) and what the worker spent on it."""
+        self.rewards[member_start:member_start + len(rewards)] = rewards
+        self.tokens += tokens
+        for part in WORKER_TIME_SPLIT:
+            self.split[part] += split[part]
+
+    def _differs(self) -> np.ndarray:
+        """Per training prompt: do the members' rewards differ?"""
+        r = self.rewards
+        return np.nanmax(r, axis=0) > np.nanmin(r, axis=0) if np.isfinite(r).any() else np.zeros(r.shape[1], bool)
+
+    def spread_prompts(self) -> list[int]:
+        """The training prompts on which the members' rewards differ."""
+        return [i for i, d in zip(self.prompt_indices, self._differs()) if d]
+
+    def stats(self, now: float, update_norm: float, optimizer_seconds: float) -> GenerationStats:
+        """The metrics row of a generation that trained."""
+        r = self.rewards
+        return self._stats(now, float(np.nanmean(r)), float(np.nanmax(r)), float(np.nanstd(r)), update_norm,
+                           float(np.mean(self._differs())), int(np.sum(~np.isfinite(r))), self.spread_prompts(),
+                           {**self.split, OPTIMIZER_TIME_SPLIT: optimizer_seconds})
+
+    def final_stats(self, now: float) -> GenerationStats:
+        """The metrics row of the run's last generation: its held-out evaluation, no training."""
+        return self._stats(now, None, None, None, 0.0, 0.0, 0, [], self.split)
+
+    def _stats(self, now: float, mean: float | None, best: float | None, std: float | None, norm: float,
+               spread: float, failed: int, spread_prompts: list[int], split: dict[str, float]) -> GenerationStats:
+        h = self.heldout
+        return GenerationStats(self.number, mean, best, std, h.reward if h else None, now - self.started, self.tokens,
+                               norm, spread, failed, split, h.stderr if h else None, h.seconds if h else 0.0,
+                               self.prompt_indices, spread_prompts)
