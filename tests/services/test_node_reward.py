@@ -19,7 +19,7 @@ from hatchery.v1 import reward_pb2 as pb
 from hatchery.v1 import reward_pb2_grpc
 from reward_svc.server import reward_server
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "reward-node"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "reward-node"
 
 
 def countdown(answer: str, numbers: str = "3,5,7", target: str = "22", think: str = "I combine them.</think>\n",

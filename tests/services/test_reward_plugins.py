@@ -18,7 +18,7 @@ from hatchery.v1 import reward_pb2_grpc
 from reward_svc.server import reward_server
 from reward_svc.specs import build_graders, close_graders
 
-PLUGINS = str(Path(__file__).parent / "plugins")
+PLUGINS = str(Path(__file__).parents[1] / "plugins")
 OK, FAILED, TIMED_OUT, NA = (pb.SCORE_STATUS_OK, pb.SCORE_STATUS_FAILED, pb.SCORE_STATUS_TIMED_OUT,
                              pb.SCORE_STATUS_NOT_APPLICABLE)
 

@@ -19,7 +19,7 @@ from hatchery.v1 import reward_pb2 as pb
 from hatchery.v1 import reward_pb2_grpc
 from reward_svc.server import reward_server
 
-DASHBOARD = Path(__file__).resolve().parent.parent / "helm" / "hatchery" / "dashboards" / "hatchery.json"
+DASHBOARD = Path(__file__).resolve().parents[2] / "helm" / "hatchery" / "dashboards" / "hatchery.json"
 EXPECTED = {  # family name -> type, per service (besides the gRPC series every service has)
     "optimizer": {"hatchery_generation": "gauge", "hatchery_workers": "gauge", "hatchery_reward_mean": "gauge",
                   "hatchery_reward_max": "gauge", "hatchery_reward_std": "gauge", "hatchery_heldout_reward": "gauge",

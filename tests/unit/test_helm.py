@@ -14,7 +14,7 @@ from hatchery.cli import build_parser
 from hatchery.core.config import parse_config
 from hatchery.core.grader_specs import parse_specs
 
-CHART = str(Path(__file__).resolve().parent.parent / "helm" / "hatchery")
+CHART = str(Path(__file__).resolve().parents[2] / "helm" / "hatchery")
 KUBERNETES = "1.30"
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 

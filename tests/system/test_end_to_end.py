@@ -58,7 +58,7 @@ def test_a_run_scored_by_external_replicas_with_a_plugin_and_a_token(tiny_llama_
     bearer token; the worker reads the token from its environment and spreads calls."""
     graders = tmp_path / "graders.yaml"
     graders.write_text(yaml.safe_dump({"logged_length": {
-        "type": "python", "function": "chaos_graders:logged_length", "path": str(Path(__file__).parent / "plugins"),
+        "type": "python", "function": "chaos_graders:logged_length", "path": str(Path(__file__).parents[1] / "plugins"),
         "processes": 1, "confined": False}}))  # it writes $REPLICA_LOG, which confinement would refuse
     replica_log = tmp_path / "replicas.log"
     replicas, addresses = [], []

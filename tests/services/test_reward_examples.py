@@ -9,7 +9,7 @@ from hatchery.service.reward_client import Endpoint, RewardClient
 from hatchery.v1 import reward_pb2 as pb
 from reward_svc.specs import build_graders, close_graders
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_minimal_python_reward_service(tmp_path):
