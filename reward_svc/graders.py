@@ -275,18 +275,69 @@ def final_answer(text: str) -> str:
     return boxed if boxed is not None else text
 
 
-def parse_number(text: str, last: bool = False) -> Fraction | None:
+# Digits of a mantissa or denominator that exact arithmetic will take (Python's int() refuses
+# more than 4,300 by default): beyond it, numbers still compare exactly when neither is a fraction.
+MAX_ARITHMETIC_DIGITS = 4000
+
+
+@dataclass(frozen=True)
+class Number:
+    """A number as written, exactly: sign, significant digits x 10**exponent, over a denominator.
+
+    Never forms 10**exponent or a value from its digits: a completion may write 1e999999999, or
+    an integer of a million digits, and comparing it must still cost microseconds. Integers and
+    decimals of any length compare by their canonical digits; a fraction (3/4, \\frac{3}{4})
+    compares by exact arithmetic within MAX_ARITHMETIC_DIGITS.
+    """
+
+    negative: bool
+    digits: str  # no leading or trailing zeros; "" is zero
+    exponent: int
+    denominator: str = "1"  # no leading zeros, never "0"
+
+    @classmethod
+    def parse(cls, text: str) -> Number | None:
+        """What _NUMBER matched; None for a zero denominator or an exponent of absurd length."""
+        text, _, denominator = text.partition("/")
+        denominator = denominator.lstrip("0") if denominator else "1"
+        mantissa, _, exponent = text.lower().partition("e")
+        if not denominator or len(exponent) > 20:
+            return None
+        negative = mantissa.startswith("-")
+        whole, _, fraction = mantissa.lstrip("-").partition(".")
+        digits = (whole + fraction).lstrip("0")
+        shift = int(exponent or 0) - len(fraction)
+        stripped = digits.rstrip("0")
+        shift += len(digits) - len(stripped)
+        if not stripped:
+            return cls(False, "", 0)
+        return cls(negative, stripped, shift, denominator)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Number):
+            return NotImplemented
+        if self.denominator == other.denominator == "1" or not (self.digits and other.digits):
+            return (self.negative, self.digits, self.exponent, self.denominator) == (
+                other.negative, other.digits, other.exponent, other.denominator)
+        if self.negative != other.negative or max(map(len, (self.digits, self.denominator, other.digits,
+                                                           other.denominator))) > MAX_ARITHMETIC_DIGITS:
+            return False
+        a, b = int(self.digits) * int(other.denominator), int(other.digits) * int(self.denominator)
+        shift = self.exponent - other.exponent  # a * 10**shift == b?
+        if abs(shift) > max(a, b).bit_length():  # a, b >= 1: equal only if 10**|shift| <= max(a, b)
+            return False
+        return a * 10**shift == b if shift >= 0 else a == b * 10**-shift
+
+    __hash__ = None  # equality is by value across forms; nothing hashes these
+
+
+def parse_number(text: str, last: bool = False) -> Number | None:
     """The first (or last) number in text, exactly: thousands separators, currency and
     percent signs and LaTeX spacing are ignored; 3/4, \\frac{3}{4}, 0.75 and 7.50 are numbers."""
     cleaned = _THOUSANDS.sub("", _LATEX_NOISE.sub("", text.replace("\u2212", "-")))
     cleaned = _FRAC.sub(r"\1/\2", cleaned)
     found = _NUMBER.findall(cleaned)
-    if not found:
-        return None
-    try:
-        return Fraction(found[-1] if last else found[0])
-    except (ValueError, ZeroDivisionError):
-        return None
+    return Number.parse(found[-1] if last else found[0]) if found else None
 
 
 def numeric(prompt: str, completion: str, reference: str, metadata: Mapping[str, str]) -> Grade:

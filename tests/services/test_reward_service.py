@@ -1,10 +1,13 @@
 """The reward service as a real gRPC server on loopback."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from hatchery.launcher import loopback_service
 from hatchery.service.serving import channel
 from hatchery.v1 import reward_pb2 as pb
 from hatchery.v1 import reward_pb2_grpc
@@ -66,3 +69,25 @@ def test_describe_health_and_reflection(stub):
                                               timeout=10))
     names = {s.name for s in reply.list_services_response.service}
     assert {"hatchery.v1.RewardService", "grpc.health.v1.Health"} <= names
+
+
+def test_a_huge_number_costs_microseconds_and_health_keeps_answering(tmp_path):
+    """Issue 24, finding 1 and 6: `1e999999999` held a `hatchery reward` process for minutes (the
+    numeric grader formed 10**999999999), and a 4,301-digit integer reference was NOT_APPLICABLE
+    (Python's int-string limit). Fails on the code before the fix: the Score call runs past its deadline."""
+    big = "7" * 4301
+    samples = [pb.Sample(completion="1e999999999", reference="1"),
+               pb.Sample(completion="#### 1e9999999", reference="1"),
+               pb.Sample(completion=f"so #### {big}", reference=big),
+               pb.Sample(completion="1e5000", reference="1" + "0" * 5000)]
+    with loopback_service(["reward"], tmp_path, "reward") as address:
+        ch = channel(address)
+        health = health_pb2_grpc.HealthStub(ch)
+        with ThreadPoolExecutor(1) as pool:
+            scoring = pool.submit(reward_pb2_grpc.RewardServiceStub(ch).Score,
+                                  pb.ScoreRequest(samples=samples, grader="numeric"), timeout=10)
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+            results = scoring.result().results
+    assert status == health_pb2.HealthCheckResponse.SERVING
+    assert [r.status for r in results] == [pb.SCORE_STATUS_OK] * 4
+    assert [r.score for r in results] == [0.0, 0.0, 1.0, 1.0]
