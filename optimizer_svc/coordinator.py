@@ -27,7 +27,15 @@ from hatchery.core.prompt_schedule import PromptSchedule
 from hatchery.core.run_metrics import WORKER_TIME_SPLIT, GenerationStats, MetricsLog
 from hatchery.core.tasks import Task, TaskPrompt, load_task
 from hatchery.core.update_log import UpdateLog, UpdateRecord
-from hatchery.es import EsUpdater, find_targets, sampling_seed, scheduled_lr, shape_fitness
+from hatchery.es import (
+    EsUpdater,
+    NonFiniteUpdate,
+    check_update,
+    find_targets,
+    sampling_seed,
+    scheduled_lr,
+    shape_fitness,
+)
 from hatchery.service.settings import step_rule
 from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import reward_pb2
@@ -78,6 +86,7 @@ class Coordinator:
         # training_done: no more updates; only the final held-out evaluation remains
         self.training_done = self._training_over()
         self.finished = threading.Event()
+        self.failure = ""  # why the run stopped short of its budget; empty while it runs or when it ends well
         self.started = False  # a first lease went out: the clock no longer waits for a worker
         self.weights_fingerprint = fingerprint(self.targets)
         self._lock = threading.RLock()
@@ -178,6 +187,9 @@ class Coordinator:
             if req.generated_tokens > expected * lease.sampling.max_new_tokens:
                 raise ValueError(f"generated_tokens {req.generated_tokens} is more than the lease allows "
                                  f"({expected} x {lease.sampling.max_new_tokens})")
+            if not self.leases.given_to(req.lease_id, req.worker_id):
+                return pb.ReportResultResponse(accepted=False, reason=f"lease {req.lease_id} was not handed to "
+                                               f"worker {req.worker_id!r}: dropped")
             worker = self.workers.setdefault(req.worker_id, _Worker())
             worker.last_seen, worker.fingerprint = self.clock(), req.weights_fingerprint
             if req.weights_fingerprint != self.weights_fingerprint:
@@ -217,6 +229,11 @@ class Coordinator:
         started = self.clock()
         fitness = shape_fitness(gen.rewards, es.shaping, es.failed_samples)
         lr = scheduled_lr(es.lr, es.lr_schedule, self._budget_spent())
+        try:  # before the record is durable: a refused update never reaches the log or any worker
+            check_update(lr, es.rank, fitness)
+        except NonFiniteUpdate as err:
+            self._fail(f"generation {self.generation}: {err} (rewards {_range(gen.rewards)}, shaping {es.shaping})")
+            return
         record = UpdateRecord(generation=self.generation, noise_epoch=self.generation // es.noise_reuse,
                               lr=lr, sigma=es.sigma, fitness=tuple(fitness.tolist()))
         self.log.append(record)
@@ -256,6 +273,12 @@ class Coordinator:
         self.metrics.close()
         self.finished.set()
 
+    def _fail(self, reason: str) -> None:
+        """Ends the run without the generation in flight: its files stay as they were after the
+        last good generation, so nothing NaN is ever written and the cause can be fixed."""
+        self.failure = reason
+        self._finish()
+
     # -- for the servicer ------------------------------------------------------------
 
     def checkpoint_info(self) -> pb.CheckpointInfo | None:
@@ -289,6 +312,11 @@ class Coordinator:
                 workers=[pb.WorkerStatus(worker_id=w_id, leases_completed=w.leases_completed,
                                          weights_fingerprint=w.fingerprint, last_seen_seconds_ago=now - w.last_seen)
                          for w_id, w in sorted(self.workers.items())])
+
+
+def _range(rewards: np.ndarray) -> str:
+    finite = rewards[np.isfinite(rewards)]
+    return f"{finite.min():.3g} to {finite.max():.3g}" if finite.size else "none scored"
 
 
 def _or_nan(value: float | None) -> float:

@@ -67,7 +67,9 @@ class Generation:
     def stats(self, now: float, update_norm: float, optimizer_seconds: float) -> GenerationStats:
         """The metrics row of a generation that trained."""
         r = self.rewards
-        return self._stats(now, float(np.nanmean(r)), float(np.nanmax(r)), float(np.nanstd(r)), update_norm,
+        with np.errstate(over="ignore", invalid="ignore"):  # rewards near float's limit: inf, written as null
+            mean, std = float(np.nanmean(r)), float(np.nanstd(r))
+        return self._stats(now, mean, float(np.nanmax(r)), std, update_norm,
                            float(np.mean(self._differs())), int(np.sum(~np.isfinite(r))), self.spread_prompts(),
                            {**self.split, OPTIMIZER_TIME_SPLIT: optimizer_seconds})
 

@@ -3,7 +3,9 @@
 A lease is a member range x prompts of one generation, held by one worker until
 its deadline. A lease whose worker vanished goes out again once its deadline
 passes (a reassignment); a worker that will not finish one hands it back and it
-goes out first (a release). Lease ids carry a per-process prefix, so a result for a
+goes out first (a release). Only a worker a lease was handed to may report it: the
+holder, or an earlier holder whose deadline passed (its late answer still counts, and the
+later copy's answer is then the duplicate). Lease ids carry a per-process prefix, so a result for a
 lease of an earlier optimizer process (before a restart) never matches a new one.
 """
 
@@ -30,6 +32,7 @@ class LeaseBook:
     def __init__(self) -> None:
         self.pending: deque[pb.Lease] = deque()
         self.outstanding: dict[str, Outstanding] = {}
+        self._given: dict[str, set[str]] = {}  # lease id -> the workers it went to and who kept it
         self.reassignments = 0  # leases handed out again after their deadline
         self.releases = 0  # leases handed back by their worker
         self._prefix = secrets.token_hex(4)
@@ -57,6 +60,7 @@ class LeaseBook:
             return None
         lease = self.pending.popleft()
         self.outstanding[lease.lease_id] = Outstanding(lease, now + lease.deadline_seconds, worker_id)
+        self._given.setdefault(lease.lease_id, set()).add(worker_id)
         return lease
 
     def release(self, worker_id: str, lease_id: str) -> bool:
@@ -67,6 +71,7 @@ class LeaseBook:
             return False
         del self.outstanding[lease_id]
         self.pending.appendleft(out.lease)
+        self._given[lease_id].discard(worker_id)
         self.releases += 1
         return True
 
@@ -74,9 +79,14 @@ class LeaseBook:
         out = self.outstanding.get(lease_id)
         return out.lease if out else None
 
+    def given_to(self, lease_id: str, worker_id: str) -> bool:
+        """Was the lease handed to worker_id (and not handed back)?"""
+        return worker_id in self._given.get(lease_id, ())
+
     def settle(self, lease_id: str) -> None:
         """The lease's result is in: it is done."""
         del self.outstanding[lease_id]
+        del self._given[lease_id]
 
     def redo(self, lease_id: str) -> None:
         """The lease's result was refused (weights out of sync): it goes out again first."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,15 +161,19 @@ def serve(cfg: RunConfig, host: str, port: int, port_file: str | None, tls: Tls 
     log.info("optimizer on %s, run dir %s", server.address, run_dir)
     while not stop.is_set() and not coordinator.finished.wait(0.5):
         pass
-    if coordinator.finished.is_set():
+    if coordinator.failure:
+        print(f"hatchery optimizer: the run failed: {coordinator.failure}; its files in {run_dir} hold every "
+              "generation before it", file=sys.stderr, flush=True)
+    elif coordinator.finished.is_set():
         from hatchery.core.plot import plot_rewards  # matplotlib only once there is a plot to draw
 
         lm.model.save_pretrained(run_dir / "model")
         lm.tokenizer.save_pretrained(run_dir / "model")
         plot_rewards(run_dir / "metrics.jsonl", run_dir / "rewards.png", f"{cfg.task.name}: {run_dir.name}")
         print(f"done: model in {run_dir / 'model'}, plot {run_dir / 'rewards.png'}", flush=True)
+    if coordinator.finished.is_set():
         deadline = time.monotonic() + finish_grace_seconds  # let workers hear that the run is over
         while time.monotonic() < deadline and not stop.is_set():
             time.sleep(0.1)
     server.stop()
-    return 0 if coordinator.finished.is_set() else 1
+    return 0 if coordinator.finished.is_set() and not coordinator.failure else 1

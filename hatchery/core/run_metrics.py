@@ -50,9 +50,10 @@ class GenerationStats:
         return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
 
     def to_json(self, final: bool) -> str:
-        """The row; NaN (nothing scored) is written as null, as JSON has no NaN."""
+        """The row; NaN (nothing scored) and infinity (past float range) are written as null, as
+        JSON has neither."""
         row = {**asdict(self), "tokens_per_second": self.tokens_per_second, "final": final}
-        return json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+        return json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()})
 
     @classmethod
     def from_row(cls, row: dict) -> GenerationStats:

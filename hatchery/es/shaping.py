@@ -3,6 +3,12 @@
 NaN marks a sample whose reward failed. It is never read as 0: the
 `failed_samples` policy either drops the member's antithetic pair from the
 update or scores the sample as the population's minimum.
+
+Any finite rewards shape to finite fitness: the rewards are first divided by a
+power of two that brings them into [-1, 1], which is exact (every sum, mean and
+standard deviation scales exactly with it), so a mean of rewards near 1.7e308
+cannot overflow, rewards of 1e306 shape as rewards of 1 do, and ordinary
+rewards shape to the same bits as without it.
 """
 
 from __future__ import annotations
@@ -25,9 +31,12 @@ class FailedSamples(str, Enum):
     POPULATION_MIN = "population_min"
 
 
-def _zscore(x: np.ndarray) -> np.ndarray:
+MIN_STD = 1e-12  # rewards that differ less than this (unscaled) give no signal
+
+
+def _zscore(x: np.ndarray, exponent: int) -> np.ndarray:
     std = x.std()
-    return np.zeros_like(x) if std < 1e-12 else (x - x.mean()) / std
+    return np.zeros_like(x) if np.ldexp(std, exponent) < MIN_STD else (x - x.mean()) / std
 
 
 def _centered_ranks(x: np.ndarray) -> np.ndarray:
@@ -64,14 +73,18 @@ def shape_fitness(rewards: np.ndarray, shaping: Shaping | str = Shaping.CENTERED
     if not live.any():
         return fitness
     r = r[live]
-    if shaping in (Shaping.CENTERED_ZSCORE, Shaping.CENTERED):
+    exponent = int(np.frexp(np.abs(r).max())[1])  # r = r' * 2**exponent with |r'| < 1, exactly
+    r = np.ldexp(r, -exponent)
+    if shaping is Shaping.CENTERED_ZSCORE:
         centred = r - r.mean(axis=0, keepdims=True)
-        std = centred.std() if shaping is Shaping.CENTERED_ZSCORE else 1.0
-        shaped = np.zeros(len(r)) if std < 1e-12 else (centred / std).mean(axis=1)
+        std = centred.std()
+        shaped = np.zeros(len(r)) if np.ldexp(std, exponent) < MIN_STD else (centred / std).mean(axis=1)
+    elif shaping is Shaping.CENTERED:  # not scale-invariant: the step keeps the rewards' units
+        shaped = np.ldexp((r - r.mean(axis=0, keepdims=True)).mean(axis=1), exponent)
     elif shaping is Shaping.CENTERED_RANK:
         shaped = _centered_ranks(r.mean(axis=1))
     elif shaping is Shaping.ZSCORE:
-        shaped = _zscore(r.mean(axis=1))
+        shaped = _zscore(r.mean(axis=1), exponent)
     else:
         diff = r.mean(axis=1).reshape(-1, 2)
         sign = np.sign(diff[:, 0] - diff[:, 1])

@@ -8,6 +8,7 @@ even when the model computes in bf16/fp16, where updates of 1e-5 would vanish.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -73,6 +74,32 @@ def low_rank_norm_sq(g: torch.Tensor, b: torch.Tensor) -> float:
     return float(((g.double().t() @ g.double()) * (b.double().t() @ b.double())).sum())
 
 
+# No entry of a step may exceed this: float32 weights overflow at 3.4e38, and no real update
+# comes within 30 orders of magnitude of it.
+MAX_STEP_ENTRY = 1e30
+# |A|, |B| entries never exceed this: torch.randn draws by Box-Muller from uniforms of at most
+# 53 bits, so |z| <= sqrt(-2 ln 2^-53) = 8.6.
+MAX_NOISE = 9.0
+
+
+class NonFiniteUpdate(ValueError):
+    """An update that would make the weights NaN or infinite; nothing was changed."""
+
+
+def check_update(lr: float, rank: int, fitness: Sequence[float]) -> None:
+    """NonFiniteUpdate unless every entry of the step is finite and at most MAX_STEP_ENTRY, from a
+    bound that needs no noise: |step| <= lr sum_k |f_2k - f_2k+1| r MAX_NOISE^2 / (sqrt(r) N)."""
+    f = np.asarray(fitness, dtype=np.float64)
+    if not np.isfinite(f).all() or not math.isfinite(lr):
+        bad = next((float(x) for x in f if not math.isfinite(x)), lr)
+        raise NonFiniteUpdate(f"refusing an update that would not leave the weights finite: it holds {bad}")
+    with np.errstate(over="ignore"):
+        bound = abs(lr) * float(np.abs(f[0::2] - f[1::2]).sum()) * rank * MAX_NOISE**2 * rank_scale(rank) / len(f)
+    if not bound <= MAX_STEP_ENTRY:
+        raise NonFiniteUpdate(f"refusing an update whose entries could reach {bound:.3g} (lr {lr:g}): "
+                              "the weights would not stay finite")
+
+
 class EsUpdater:
     """Applies update records to a model's targets; replays identically anywhere."""
 
@@ -87,7 +114,9 @@ class EsUpdater:
         self.steps = 0
 
     def apply(self, epoch: int, lr: float, fitness: Sequence[float]) -> float:
-        """One step; returns the update's global L2 norm."""
+        """One step; returns the update's global L2 norm. NonFiniteUpdate (and nothing changed)
+        for a step that would not leave the weights finite."""
+        check_update(lr, self.rank, fitness)
         self.steps += 1
         norm_sq = 0.0
         plain_sgd = self.rule.optimizer == "sgd" and not self.rule.weight_decay

@@ -24,13 +24,56 @@ CHANNEL_OPTIONS = [
 ]
 
 
+class _Undecodable:
+    """What a request that is not a valid message decodes to, so the servicer can refuse it."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+
+class UndecodableRequestInterceptor(grpc.ServerInterceptor):
+    """INVALID_ARGUMENT, naming the method, for a unary request whose bytes are not a valid message
+    (grpc's own answer is INTERNAL, "Exception deserializing request!")."""
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        decode, method = handler.request_deserializer, details.method
+
+        def lenient(data: bytes):
+            try:
+                return decode(data)
+            except Exception:  # protobuf's DecodeError, or anything a generated parser raises
+                return _Undecodable(len(data))
+
+        def refuse(request, context) -> None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"the request to {method} is not a valid message ({request.size} bytes)")
+
+        if handler.unary_unary:
+            def unary(request, context):
+                return refuse(request, context) if isinstance(request, _Undecodable) \
+                    else handler.unary_unary(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary, lenient, handler.response_serializer)
+
+        def stream(request, context):
+            if isinstance(request, _Undecodable):
+                refuse(request, context)
+            yield from handler.unary_stream(request, context)
+
+        return grpc.unary_stream_rpc_method_handler(stream, lenient, handler.response_serializer)
+
+
 class Server:
     """A grpc.Server with health checking and reflection for the given services,
     TLS when given a certificate, and a bearer-token check when given a token."""
 
     def __init__(self, service_names: Iterable[str], host: str = "127.0.0.1", port: int = 0, max_workers: int = 8,
                  token: str | None = None, tls: Tls | None = None):
-        interceptors = [GrpcMetricsInterceptor(), *([BearerTokenInterceptor(token)] if token else [])]
+        interceptors = [GrpcMetricsInterceptor(), *([BearerTokenInterceptor(token)] if token else []),
+                        UndecodableRequestInterceptor()]
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=CHANNEL_OPTIONS,
                                 interceptors=interceptors)
         self.health = health.HealthServicer()

@@ -6,6 +6,7 @@ import sys
 
 import grpc
 import pytest
+import torch
 
 from hatchery.core.config import parse_config
 from hatchery.core.model import load_model
@@ -214,3 +215,74 @@ def test_status_command_prints_the_run(optimizer):
                          text=True, timeout=120, check=True).stdout
     status = json.loads(out)
     assert status["run_id"] == coordinator.run_dir.name and status["workers"][0]["worker_id"] == "w7"
+
+
+def _finish_generation(stub, coordinator, worker="w1", rewards=(1.0, 1.0)):
+    """Reports the evaluation and both training leases of generation 0, member m's rewards rewards[m % 2]."""
+    fp = coordinator.weights_fingerprint
+    evaluation = stub.GetWork(pb.GetWorkRequest(worker_id=worker), timeout=10).lease
+    assert stub.ReportResult(_result(evaluation, fp, worker), timeout=10).accepted
+    for lease in [stub.GetWork(pb.GetWorkRequest(worker_id=worker), timeout=10).lease for _ in range(2)]:
+        report = _result(lease, fp, worker)
+        del report.rewards[:]
+        members = range(lease.member_start, lease.member_end)
+        report.rewards.extend(rewards[m % 2] for m in members for _ in lease.prompts)
+        assert stub.ReportResult(report, timeout=10).accepted
+
+
+def test_a_huge_finite_reward_shapes_like_any_other(optimizer):
+    """Issue 24, finding 2: a reward of 1.7e308 with status OK overflowed the shaping's mean, the
+    record's fitness became NaN and so did the weights. Fails before the fix (NaN fitness)."""
+    stub, coordinator, _ = optimizer
+    _finish_generation(stub, coordinator, rewards=(1.7e308, 0.0))
+    (record,) = read_log(coordinator.run_dir / "updates.jsonl")
+    assert record.fitness == (1.0, -1.0, 1.0, -1.0)  # exactly what rewards of 1 and 0 give
+    assert all(bool(t.weight.isfinite().all()) for t in coordinator.targets)
+
+
+def test_an_update_that_would_not_stay_finite_fails_the_run_and_writes_nothing(tiny_llama_dir, tmp_path):
+    """Issue 24, finding 2: per-prompt centring keeps the rewards' units, so rewards of 1e300 make a step
+    no float32 weight holds. The generation is refused, naming it and the cause; the log keeps what
+    it had, the weights are untouched and workers hear that the run is over. Fails before the fix."""
+    cfg = parse_config({"run_dir": str(tmp_path / "run"), "model": {"source": str(tiny_llama_dir)},
+                        "task": {"heldout_size": 4}, "es": {"population": 4, "shaping": "centered"},
+                        "train": {"prompts_per_member": 2, "eval_every": 100, "members_per_lease": 2}})
+    coordinator = Coordinator(cfg, load_model(tiny_llama_dir), tmp_path / "run", clock=Clock())
+    server = optimizer_server(coordinator, prepare_start(cfg, coordinator.run_dir))
+    server.start()
+    try:
+        stub = optimizer_pb2_grpc.OptimizerServiceStub(channel(server.address))
+        before = [t.weight.clone() for t in coordinator.targets]
+        _finish_generation(stub, coordinator, rewards=(1e300, -1e300))
+        assert coordinator.failure.startswith("generation 0: refusing an update")
+        assert "1e+300" in coordinator.failure and "centered" in coordinator.failure
+        assert read_log(tmp_path / "run" / "updates.jsonl") == []
+        assert all(torch.equal(a, t.weight) for a, t in zip(before, coordinator.targets))
+        assert stub.GetWork(pb.GetWorkRequest(worker_id="w1", applied_generation=0), timeout=10).finished
+    finally:
+        server.stop()
+
+
+def test_only_a_worker_the_lease_was_handed_to_may_report_it(optimizer):
+    """Issue 24, finding 2: any worker could report a lease another held. Fails before the fix."""
+    stub, coordinator, _ = optimizer
+    lease = stub.GetWork(pb.GetWorkRequest(worker_id="w1"), timeout=10).lease  # the held-out evaluation
+    intruder = stub.ReportResult(_result(lease, coordinator.weights_fingerprint, worker="intruder"), timeout=10)
+    assert not intruder.accepted and "'intruder'" in intruder.reason
+    assert lease.lease_id in coordinator.leases.outstanding and "intruder" not in coordinator.workers
+    assert stub.ReportResult(_result(lease, coordinator.weights_fingerprint), timeout=10).accepted
+
+
+@pytest.mark.parametrize("method", ["Join", "GetWork", "ReportResult", "ReleaseLease", "GetStatus",
+                                    "FetchCheckpoint", "FetchModelFile"])
+def test_undecodable_bytes_get_invalid_argument(optimizer, method):
+    """Issue 24, finding 6: bytes that are no message got INTERNAL ("Exception deserializing request!")."""
+    stub, coordinator, _ = optimizer
+    ch = channel(stub.address)
+    streaming = method.startswith("Fetch")
+    call = (ch.unary_stream if streaming else ch.unary_unary)(f"/hatchery.v1.OptimizerService/{method}")
+    with pytest.raises(grpc.RpcError) as err:
+        reply = call(b"\xff\xff\xff\xff", timeout=10)
+        list(reply) if streaming else reply
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert method in err.value.details() and coordinator.generation == 0

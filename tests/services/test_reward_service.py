@@ -91,3 +91,12 @@ def test_a_huge_number_costs_microseconds_and_health_keeps_answering(tmp_path):
     assert status == health_pb2.HealthCheckResponse.SERVING
     assert [r.status for r in results] == [pb.SCORE_STATUS_OK] * 4
     assert [r.score for r in results] == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_undecodable_bytes_get_invalid_argument(stub):
+    """Issue 24, finding 6: bytes that are no message got INTERNAL, for Score as for health checks."""
+    _, ch = stub
+    for method in ("/hatchery.v1.RewardService/Score", "/grpc.health.v1.Health/Check"):
+        with pytest.raises(grpc.RpcError) as err:
+            ch.unary_unary(method)(b"\x0a\xff\xff", timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and method in err.value.details()

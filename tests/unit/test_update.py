@@ -10,6 +10,7 @@ from hatchery.bench.openes import member_noise, openes_update
 from hatchery.es import (
     EsUpdater,
     NoiseKey,
+    NonFiniteUpdate,
     PopulationNoise,
     StepRule,
     es_gradient,
@@ -152,3 +153,26 @@ def test_openes_baseline_improves_a_synthetic_objective():
                 rewards.append(-float(((model(x) - y) ** 2).mean()))
         openes_update(targets, 2, gen, shape_fitness(np.array(rewards)[:, None]), 0.1)
     assert float(((model(x) - y) ** 2).mean()) < 0.6 * start
+
+
+@pytest.mark.parametrize("shaping", ["centered_zscore", "centered_rank", "zscore", "antithetic_sign"])
+def test_any_finite_rewards_shape_to_finite_fitness(shaping):
+    """Scale-invariant shapings give rewards near float's limit the fitness of rewards of 1 (issue 24)."""
+    unit = np.array([[1.0, 0.0], [0.0, 0.5], [1.0, 1.0], [0.25, 0.0]])
+    for scale in (2.0**1000, 1e306, 1.7e308):
+        shaped = shape_fitness(unit * scale, shaping)
+        assert np.isfinite(shaped).all()
+        np.testing.assert_allclose(shaped, shape_fitness(unit, shaping), rtol=1e-12)
+    assert shape_fitness(unit * 2.0**1000, shaping).tolist() == shape_fitness(unit, shaping).tolist()  # exactly
+
+
+def test_an_update_that_would_not_stay_finite_is_refused_and_changes_nothing():
+    targets = find_targets(tiny.model("llama", len(tiny.tokenizer())))
+    updater = EsUpdater(targets, seed=0, rank=1)
+    before = [t.weight.clone() for t in targets]
+    for fitness, cause in (([float("nan"), 0.0], "nan"), ([1e300, -1e300], "could reach")):
+        with pytest.raises(NonFiniteUpdate, match=cause):
+            updater.apply(0, 0.1, fitness)
+    assert updater.steps == 0 and all(torch.equal(a, t.weight) for a, t in zip(before, targets))
+    updater.apply(0, 0.1, [1.0, -1.0])  # an ordinary step still goes through
+    assert updater.steps == 1
