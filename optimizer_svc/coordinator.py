@@ -9,8 +9,10 @@ metrics rows in hatchery.core.run_metrics; this class ties them to the update.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +57,10 @@ class _Worker:
     last_seen: float = 0.0
 
 
+MAX_WORKERS = 10_000  # workers kept in the registry; the least recently seen go first
+STATUS_WORKERS = 100  # workers GetStatus lists, the most recently seen
+
+
 class Coordinator:
     """One run: hands out leases, collects rewards, shapes, updates, logs."""
 
@@ -81,7 +87,9 @@ class Coordinator:
         for stats in self.history:
             self.schedule.observe(stats.prompts, stats.spread_prompts)
         self.leases = LeaseBook()
-        self.workers: dict[str, _Worker] = {}
+        self.workers: OrderedDict[str, _Worker] = OrderedDict()  # least recently seen first
+        # A live worker calls at least once per lease; one not seen for twice the lease timeout is gone.
+        self.worker_forget_seconds = 2 * cfg.train.lease_timeout_seconds
         self.fingerprint_mismatches = 0
         # training_done: no more updates; only the final held-out evaluation remains
         self.training_done = self._training_over()
@@ -147,7 +155,19 @@ class Coordinator:
 
     def join(self, worker_id: str) -> None:
         with self._lock:
-            self.workers.setdefault(worker_id, _Worker()).last_seen = self.clock()
+            self._seen(worker_id)
+
+    def _seen(self, worker_id: str) -> _Worker:
+        """The worker's entry, marked seen now; entries of workers gone for good are dropped, so
+        the registry stays bounded however many workers come and go."""
+        now = self.clock()
+        worker = self.workers.setdefault(worker_id, _Worker())
+        worker.last_seen = now
+        self.workers.move_to_end(worker_id)
+        while len(self.workers) > MAX_WORKERS or \
+                next(iter(self.workers.values())).last_seen < now - self.worker_forget_seconds:
+            self.workers.popitem(last=False)
+        return worker
 
     def get_work(self, worker_id: str, applied_generation: int) -> pb.GetWorkResponse:
         with self._lock:
@@ -190,8 +210,8 @@ class Coordinator:
             if not self.leases.given_to(req.lease_id, req.worker_id):
                 return pb.ReportResultResponse(accepted=False, reason=f"lease {req.lease_id} was not handed to "
                                                f"worker {req.worker_id!r}: dropped")
-            worker = self.workers.setdefault(req.worker_id, _Worker())
-            worker.last_seen, worker.fingerprint = self.clock(), req.weights_fingerprint
+            worker = self._seen(req.worker_id)
+            worker.fingerprint = req.weights_fingerprint
             if req.weights_fingerprint != self.weights_fingerprint:
                 self.fingerprint_mismatches += 1
                 self.leases.redo(req.lease_id)
@@ -309,9 +329,10 @@ class Coordinator:
                                               reward_max=_or_nan(s.reward_max), seconds=s.seconds,
                                               heldout_reward=_or_nan(s.heldout_reward))
                          for s in self.history[-20:]],
+                workers_total=len(self.workers),
                 workers=[pb.WorkerStatus(worker_id=w_id, leases_completed=w.leases_completed,
                                          weights_fingerprint=w.fingerprint, last_seen_seconds_ago=now - w.last_seen)
-                         for w_id, w in sorted(self.workers.items())])
+                         for w_id, w in itertools.islice(reversed(self.workers.items()), STATUS_WORKERS)])
 
 
 def _range(rewards: np.ndarray) -> str:

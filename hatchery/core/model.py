@@ -228,6 +228,9 @@ def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int, tempe
     if not prompts or len(prompts) % groups.size:
         raise ValueError(f"{len(prompts)} prompts do not split into groups of {groups.size} rows")
     ids = tok(format_prompts(tok, prompts, chat_template), add_special_tokens=False)["input_ids"]
+    empty = next((i for i, row in enumerate(ids) if not row), None)
+    if empty is not None:
+        raise ValueError(f"prompts[{empty}] is empty once tokenized: a model needs at least one token to go on")
     shared = common_prefix_length(ids)
     input_ids, attention_mask = (t.to(model.device) for t in _prefix_then_suffixes(ids, shared, tok.pad_token_id))
     forwards: list[float] = []  # when each forward pass ended

@@ -108,7 +108,8 @@ class RunCollector(Collector):
     def collect(self):
         c = self.coordinator
         yield GaugeMetricFamily("hatchery_generation", "Training generations completed", value=c.generation)
-        yield GaugeMetricFamily("hatchery_workers", "Workers that have joined the run", value=len(c.workers))
+        yield GaugeMetricFamily("hatchery_workers", "Workers seen within twice the lease timeout",
+                                value=len(c.workers))
         yield CounterMetricFamily("hatchery_lease_reassignments", "Leases handed out again after their deadline",
                                   value=c.leases.reassignments)
         yield CounterMetricFamily("hatchery_lease_releases", "Leases handed back unfinished by a stopping worker",

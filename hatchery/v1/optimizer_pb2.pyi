@@ -307,7 +307,7 @@ class WorkerStatus(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., leases_completed: _Optional[int] = ..., weights_fingerprint: _Optional[str] = ..., last_seen_seconds_ago: _Optional[float] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("run_id", "generation", "total_generations", "finished", "history", "workers", "weights_fingerprint", "last_checkpoint", "fingerprint_mismatches", "lease_reassignments", "lease_releases")
+    __slots__ = ("run_id", "generation", "total_generations", "finished", "history", "workers", "weights_fingerprint", "last_checkpoint", "fingerprint_mismatches", "lease_reassignments", "lease_releases", "workers_total")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     TOTAL_GENERATIONS_FIELD_NUMBER: _ClassVar[int]
@@ -319,6 +319,7 @@ class GetStatusResponse(_message.Message):
     FINGERPRINT_MISMATCHES_FIELD_NUMBER: _ClassVar[int]
     LEASE_REASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     LEASE_RELEASES_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     generation: int
     total_generations: int
@@ -330,4 +331,5 @@ class GetStatusResponse(_message.Message):
     fingerprint_mismatches: int
     lease_reassignments: int
     lease_releases: int
-    def __init__(self, run_id: _Optional[str] = ..., generation: _Optional[int] = ..., total_generations: _Optional[int] = ..., finished: _Optional[bool] = ..., history: _Optional[_Iterable[_Union[GenerationSummary, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., weights_fingerprint: _Optional[str] = ..., last_checkpoint: _Optional[_Union[CheckpointInfo, _Mapping]] = ..., fingerprint_mismatches: _Optional[int] = ..., lease_reassignments: _Optional[int] = ..., lease_releases: _Optional[int] = ...) -> None: ...
+    workers_total: int
+    def __init__(self, run_id: _Optional[str] = ..., generation: _Optional[int] = ..., total_generations: _Optional[int] = ..., finished: _Optional[bool] = ..., history: _Optional[_Iterable[_Union[GenerationSummary, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., weights_fingerprint: _Optional[str] = ..., last_checkpoint: _Optional[_Union[CheckpointInfo, _Mapping]] = ..., fingerprint_mismatches: _Optional[int] = ..., lease_reassignments: _Optional[int] = ..., lease_releases: _Optional[int] = ..., workers_total: _Optional[int] = ...) -> None: ...

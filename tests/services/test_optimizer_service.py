@@ -15,7 +15,7 @@ from hatchery.core.update_log import read_log
 from hatchery.service.serving import channel
 from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import optimizer_pb2_grpc, reward_pb2
-from optimizer_svc.coordinator import Coordinator
+from optimizer_svc.coordinator import MAX_WORKERS, STATUS_WORKERS, Coordinator
 from optimizer_svc.server import optimizer_server
 
 
@@ -286,3 +286,19 @@ def test_undecodable_bytes_get_invalid_argument(optimizer, method):
         list(reply) if streaming else reply
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
     assert method in err.value.details() and coordinator.generation == 0
+
+
+def test_the_worker_registry_and_status_stay_bounded(optimizer):
+    """Issue 24, finding 4: 260,000 worker ids grew the optimizer by 100 MB and made GetStatus larger
+    than a message may be. Fails before the fix (every id kept and listed)."""
+    stub, coordinator, clock = optimizer
+    for i in range(MAX_WORKERS + 50):  # ids as many as a misbehaving client sends (setup, in process)
+        coordinator.join(f"w{i}")
+    stub.Join(pb.JoinRequest(worker_id="newest"), timeout=10)
+    status = stub.GetStatus(pb.GetStatusRequest(), timeout=10)
+    assert status.workers_total == len(coordinator.workers) == MAX_WORKERS
+    assert len(status.workers) == STATUS_WORKERS and status.workers[0].worker_id == "newest"
+    assert "w0" not in coordinator.workers  # the least recently seen went first
+    clock.now += 2 * 30 + 1  # twice the lease timeout: everyone is gone but whoever calls now
+    stub.GetWork(pb.GetWorkRequest(worker_id="back"), timeout=10)
+    assert [w.worker_id for w in stub.GetStatus(pb.GetStatusRequest(), timeout=10).workers] == ["back"]

@@ -117,6 +117,8 @@ def test_bad_stop_rule_and_groups_are_refused():
         stop_rule("first_word")
     with pytest.raises(ValueError, match="3 prompts do not split into groups of 2 rows"):
         generate(lm, PROMPTS, NEW_TOKENS, groups=RowGroups(2))
+    with pytest.raises(ValueError, match=r"prompts\[1\] is empty once tokenized"):  # found by the RPC fuzzer
+        generate(lm, ["a", ""], NEW_TOKENS, chat_template=False)
 
 
 def test_an_interrupt_ends_generation_at_the_next_token_and_raises():
