@@ -270,7 +270,11 @@ def _optimizer(args: argparse.Namespace, tls: Any, cfg: Any) -> int:
     _quiet_libraries()
     from optimizer_svc.server import serve
 
-    return serve(cfg, args.host, args.port, args.port_file, tls, args.metrics_port)
+    try:
+        return serve(cfg, args.host, args.port, args.port_file, tls, args.metrics_port)
+    except OSError as err:  # the run's files cannot be written (a full disk, a read-only volume)
+        print(f"hatchery optimizer: {err}", file=sys.stderr)
+        return 1
 
 
 def _inference(args: argparse.Namespace, tls: Any) -> int:

@@ -160,6 +160,7 @@ def run_local(cfg: RunConfig, resume: bool = False) -> int:
                 proc.kill()
         memory = watch.stop()
         print(memory, flush=True)
-        (run_dir / "memory.txt").write_text(memory + "\n")
+        with contextlib.suppress(OSError):  # a full disk has already been reported by the optimizer
+            (run_dir / "memory.txt").write_text(memory + "\n")
 
 

@@ -8,6 +8,7 @@ metrics rows in hatchery.core.run_metrics; this class ties them to the update.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import threading
@@ -21,11 +22,19 @@ from typing import BinaryIO
 import numpy as np
 import yaml
 
-from hatchery.core.checkpoint import Checkpoint, latest_checkpoint, remove_partial_checkpoints, replay, write_checkpoint
+from hatchery.core.checkpoint import (
+    Checkpoint,
+    latest_checkpoint,
+    list_checkpoints,
+    remove_partial_checkpoints,
+    replay,
+    write_checkpoint,
+)
 from hatchery.core.config import RunConfig
 from hatchery.core.failpoints import failpoint
 from hatchery.core.model import LoadedModel, fingerprint
 from hatchery.core.prompt_schedule import PromptSchedule
+from hatchery.core.run_files import RunFilesError, writing
 from hatchery.core.run_metrics import WORKER_TIME_SPLIT, GenerationStats, MetricsLog
 from hatchery.core.tasks import Task, TaskPrompt, load_task
 from hatchery.core.update_log import UpdateLog, UpdateRecord
@@ -76,14 +85,16 @@ class Coordinator:
         self.checkpoint_dir = run_dir / "checkpoints"
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / "updates.jsonl").exists():
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            with writing(run_dir / "config.yaml"):
+                (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.log = UpdateLog(run_dir / "updates.jsonl")
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl", len(self.log.records))
+        self.history = self.metrics.history
+        self._drop_unannounced_record()
         self.checkpoint = self._restore_weights()
         self.generation = len(self.log.records)
         self.schedule = PromptSchedule(len(self.task.train), cfg.train.prompts_per_member, cfg.es.seed,
                                        cfg.train.prompt_selection)
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl", self.generation)
-        self.history = self.metrics.history
         for stats in self.history:
             self.schedule.observe(stats.prompts, stats.spread_prompts)
         self.leases = LeaseBook()
@@ -99,6 +110,20 @@ class Coordinator:
         self.weights_fingerprint = fingerprint(self.targets)
         self._lock = threading.RLock()
         self._open_generation()
+
+    def _drop_unannounced_record(self) -> None:
+        """A last record whose generation has no metrics row was appended by a process that died
+        (or could not write) before the generation closed, so no worker ever received it: the
+        generation reruns and writes the same record again."""
+        logged, closed = len(self.log.records), len(self.history)
+        if closed == logged - 1:
+            self.log.drop_last()
+            for ckpt in list_checkpoints(self.checkpoint_dir):  # written for it before its row was
+                if ckpt.generation > len(self.log.records):
+                    ckpt.path.unlink()
+        elif closed < logged:
+            raise ValueError(f"{self.metrics.path} holds rows for {closed} generations but {self.log.path} "
+                             f"holds {logged} records: restore the metrics file, or start a new run")
 
     def _restore_weights(self) -> Checkpoint | None:
         """Weights after every logged record: the newest checkpoint plus the records after it."""
@@ -196,6 +221,8 @@ class Coordinator:
 
     def report(self, req: pb.ReportResultRequest) -> pb.ReportResultResponse:
         with self._lock:
+            if self.finished.is_set():
+                return pb.ReportResultResponse(accepted=False, reason="the run is over: dropped")
             lease = self.leases.held(req.lease_id)
             if lease is None or req.generation != self.generation:
                 return pb.ReportResultResponse(accepted=False, reason="late or duplicate result: dropped")
@@ -221,15 +248,19 @@ class Coordinator:
             rewards = np.where(ok, np.array(req.rewards, dtype=np.float64), np.nan).reshape(rows, -1)
             self.leases.settle(req.lease_id)
             worker.leases_completed += 1
-            if lease.kind == pb.LEASE_KIND_EVAL:
-                self._close_evaluation(rewards[0][ok])
-                return pb.ReportResultResponse(accepted=True)
-            self.current.add(lease.member_start, rewards, req.generated_tokens,
-                             {part: getattr(req, f"{part}_seconds") for part in WORKER_TIME_SPLIT})
-            if self.leases.idle:
-                self._close_generation()
-            else:
-                failpoint("mid_generation", self.generation)
+            try:
+                if lease.kind == pb.LEASE_KIND_EVAL:
+                    self._close_evaluation(rewards[0][ok])
+                    return pb.ReportResultResponse(accepted=True)
+                self.current.add(lease.member_start, rewards, req.generated_tokens,
+                                 {part: getattr(req, f"{part}_seconds") for part in WORKER_TIME_SPLIT})
+                if self.leases.idle:
+                    self._close_generation()
+                else:
+                    failpoint("mid_generation", self.generation)
+            except RunFilesError as err:  # a full disk, an I/O error: stop, keeping what is durable
+                self._fail(f"generation {self.generation}: {err}")
+                return pb.ReportResultResponse(accepted=False, reason=f"the run failed: {self.failure}")
             return pb.ReportResultResponse(accepted=True)
 
     def _close_evaluation(self, scored: np.ndarray) -> None:
@@ -295,9 +326,13 @@ class Coordinator:
 
     def _fail(self, reason: str) -> None:
         """Ends the run without the generation in flight: its files stay as they were after the
-        last good generation, so nothing NaN is ever written and the cause can be fixed."""
+        last good generation (a write cut short is dropped on resume), so nothing NaN is ever
+        written and, once the cause is fixed, the run resumes."""
         self.failure = reason
-        self._finish()
+        for f in (self.log, self.metrics):
+            with contextlib.suppress(OSError):  # what a full disk refused, it refuses again
+                f.close()
+        self.finished.set()
 
     # -- for the servicer ------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import grpc
 
 from hatchery.core.config import RunConfig
 from hatchery.core.model import load_model
+from hatchery.core.run_files import RunFilesError, writing
 from hatchery.core.run_metrics import WORKER_TIME_SPLIT, GenerationStats
 from hatchery.core.start import StartPoint, prepare_start
 from hatchery.service.metrics import FAILED_SAMPLES, GENERATION_DURATION, PERTURBATIONS, serve_metrics, watch_run
@@ -167,10 +168,18 @@ def serve(cfg: RunConfig, host: str, port: int, port_file: str | None, tls: Tls 
     elif coordinator.finished.is_set():
         from hatchery.core.plot import plot_rewards  # matplotlib only once there is a plot to draw
 
-        lm.model.save_pretrained(run_dir / "model")
-        lm.tokenizer.save_pretrained(run_dir / "model")
-        plot_rewards(run_dir / "metrics.jsonl", run_dir / "rewards.png", f"{cfg.task.name}: {run_dir.name}")
-        print(f"done: model in {run_dir / 'model'}, plot {run_dir / 'rewards.png'}", flush=True)
+        try:
+            with writing(run_dir / "model"):
+                lm.model.save_pretrained(run_dir / "model")
+                lm.tokenizer.save_pretrained(run_dir / "model")
+            with writing(run_dir / "rewards.png"):
+                plot_rewards(run_dir / "metrics.jsonl", run_dir / "rewards.png", f"{cfg.task.name}: {run_dir.name}")
+        except RunFilesError as err:
+            coordinator.failure = str(err)
+            print(f"hatchery optimizer: {err}; the run is complete in its update log: free space and "
+                  f"resume, or `hatchery export {run_dir}`", file=sys.stderr, flush=True)
+        else:
+            print(f"done: model in {run_dir / 'model'}, plot {run_dir / 'rewards.png'}", flush=True)
     if coordinator.finished.is_set():
         deadline = time.monotonic() + finish_grace_seconds  # let workers hear that the run is over
         while time.monotonic() < deadline and not stop.is_set():

@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from hatchery.core.failpoints import failpoint
+from hatchery.core.run_files import writing
 
 _NAME = re.compile(r"^ckpt-(\d{8})\.safetensors$")
 
@@ -82,14 +83,16 @@ def _fsync_path(path: Path, flags: int = os.O_RDONLY) -> None:
 def write_checkpoint(directory: Path, generation: int, state: dict[str, torch.Tensor], steps: int,
                      keep: int) -> Checkpoint:
     """Writes atomically, then prunes all but the newest `keep` checkpoints."""
-    directory.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(directory, generation)
     tmp = directory / f".{final.name}.tmp"
-    save_file(state, str(tmp), metadata={"generation": str(generation), "steps": str(steps)})
-    failpoint("checkpoint_written_not_renamed", generation)
-    _fsync_path(tmp)
-    os.replace(tmp, final)
-    _fsync_path(directory)
+    with writing(tmp):
+        directory.mkdir(parents=True, exist_ok=True)
+        failpoint("checkpoint_write", generation)
+        save_file(state, str(tmp), metadata={"generation": str(generation), "steps": str(steps)})
+        failpoint("checkpoint_written_not_renamed", generation)
+        _fsync_path(tmp)
+        os.replace(tmp, final)
+        _fsync_path(directory)
     for old in list_checkpoints(directory)[:-keep]:
         old.path.unlink()
     return Checkpoint(generation, final)

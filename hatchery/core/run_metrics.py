@@ -13,6 +13,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from hatchery.core.failpoints import failpoint
+from hatchery.core.run_files import writing
+
 # Where a worker's time went, as it reports it (ReportResultRequest.<part>_seconds); the
 # optimizer adds "optimizer_update" for its own shaping, log append, update and checkpoint.
 WORKER_TIME_SPLIT = ("generate", "reward", "update", "noise")
@@ -63,31 +66,51 @@ class GenerationStats:
 
 
 def metrics_rows(path: str | Path) -> list[dict]:
-    """The rows of a run dir's metrics.jsonl, or of a metrics file named directly."""
+    """The rows of a run dir's metrics.jsonl, or of a metrics file named directly. A last line
+    cut short (a crash or a full disk mid-write) is left out; a bad line before it is refused."""
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines) and not text.endswith("\n"):
+                break
+            raise ValueError(f"{path}:{number}: not a metrics row: {err}") from None
+    return rows
 
 
 class MetricsLog:
-    """The optimizer's writer of metrics.jsonl. Opening it keeps the rows of the generations
-    before `generation` (those the update log holds) and drops any of a generation that did
-    not finish, so a resumed run's file reads as if it had never stopped."""
+    """The optimizer's writer of metrics.jsonl, one row per generation as it closes.
 
-    def __init__(self, path: Path, generation: int):
+    A generation's row is written last, after its update record and checkpoint and before the
+    generation is announced, so an update record without a row was never announced: opening
+    the log keeps the rows of the `logged` generations (dropping any of one that did not finish)
+    and says in `history` which generations closed.
+    """
+
+    def __init__(self, path: Path, logged: int):
         self.path = path
         rows = [GenerationStats.from_row(r) for r in metrics_rows(path)] if path.exists() else []
-        self.history = [r for r in rows if r.generation < generation]
+        self.history = [r for r in rows if r.generation < logged]
         tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(r.to_json(final=False) + "\n" for r in self.history), encoding="utf-8")
-        os.replace(tmp, path)
-        self._file = open(path, "a", encoding="utf-8")
+        with writing(tmp):
+            tmp.write_text("".join(r.to_json(final=False) + "\n" for r in self.history), encoding="utf-8")
+            os.replace(tmp, path)
+            self._file = open(path, "a", encoding="utf-8")
 
     def append(self, stats: GenerationStats, final: bool) -> None:
+        with writing(self.path):
+            failpoint("metrics_append", stats.generation)
+            self._file.write(stats.to_json(final) + "\n")
+            self._file.flush()
         self.history.append(stats)
-        self._file.write(stats.to_json(final) + "\n")
-        self._file.flush()
 
     def close(self) -> None:
         self._file.close()

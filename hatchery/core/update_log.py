@@ -11,6 +11,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hatchery.core.failpoints import failpoint
+from hatchery.core.run_files import writing
+
 
 @dataclass(frozen=True)
 class UpdateRecord:
@@ -65,10 +68,18 @@ class UpdateLog:
     def append(self, record: UpdateRecord) -> None:
         if record.generation != len(self.records):
             raise ValueError(f"record for generation {record.generation}, log holds {len(self.records)}")
-        self._file.write(record.to_json() + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        with writing(self.path):
+            failpoint("log_append", record.generation)
+            self._file.write(record.to_json() + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
         self.records.append(record)
+
+    def drop_last(self) -> None:
+        """Removes the newest record (one that was never announced: see MetricsLog)."""
+        lines = self.path.read_bytes().splitlines(keepends=True)
+        os.truncate(self.path, self.path.stat().st_size - len(lines[-1]))
+        self.records.pop()
 
     def since(self, generation: int) -> list[UpdateRecord]:
         return self.records[generation:]

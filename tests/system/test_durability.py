@@ -268,3 +268,45 @@ def test_checkpoint_restores_weights_and_optimizer_state_exactly(tiny_llama_dir,
 def test_config_refuses_bad_checkpoint_settings():
     with pytest.raises(ValueError, match="train.checkpoints_kept: must be >= 1"):
         parse_config({"train": {"checkpoints_kept": 0}})
+
+
+@pytest.mark.parametrize(("point", "path"), [("log_append:3", "updates.jsonl"), ("metrics_append:3", "metrics.jsonl"),
+                                             ("checkpoint_write:4", "checkpoints/.ckpt-00000004.safetensors.tmp")])
+def test_a_failed_write_stops_the_run_and_resume_ends_identical(point, path, tiny_llama_dir, tmp_path, uninterrupted):
+    """Issue 24, finding 3: ENOSPC while writing a run's file left the optimizer serving but stuck
+    and the worker crashing with UNKNOWN. Now the optimizer stops naming the file, the worker
+    exits cleanly, and once space is back the run resumes to the same bytes. Fails before the fix."""
+    config_path, run_dir = _write_config(tmp_path, tiny_llama_dir)
+    failed = _hatchery(["run", str(config_path)], env={**os.environ, "HATCHERY_FAILPOINT": f"{point}:enospc"})
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert f"cannot write {run_dir / path}: No space left on device" in failed.stderr
+    assert "optimizer service exited with code 1" in failed.stderr and "Traceback" not in failed.stderr
+    assert "UNKNOWN" not in (run_dir / "inference.log").read_text()
+    resumed = _hatchery(["run", "--resume", str(run_dir)])
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    _assert_same_run(run_dir, uninterrupted)
+
+
+def test_a_disk_filled_to_the_brim_stops_the_run_and_resume_ends_identical(tiny_llama_dir, tmp_path, uninterrupted):
+    """A real filesystem that fills up mid-run: a tmpfs with room for one checkpoint and a half."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    checkpoint = max(p.stat().st_size for p in (uninterrupted / "checkpoints").iterdir())
+    size = int(checkpoint * 1.5)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True,
+                             text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or 'not permitted'}); "
+                    "the failpoint test covers each write")
+    try:
+        config_path, run_dir = _write_config(disk, tiny_llama_dir)
+        failed = _hatchery(["run", str(config_path)])
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        assert re.search(rf"cannot write {re.escape(str(run_dir))}/\S+: .*No space left on device", failed.stderr)
+        assert "Traceback" not in failed.stderr
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)  # space is back
+        resumed = _hatchery(["run", "--resume", str(run_dir)])
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        _assert_same_run(run_dir, uninterrupted)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
