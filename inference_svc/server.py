@@ -7,7 +7,6 @@ health checking: NOT_SERVING until its replica of the weights is ready.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import threading
@@ -16,7 +15,7 @@ import time
 import grpc
 
 from hatchery.core.failpoints import failpoint
-from hatchery.core.model import GenerationInterrupted, generate, load_model
+from hatchery.core.model import GenerationInterrupted, check_temperature, generate, load_model
 from hatchery.service.metrics import (
     INFERENCE_BATCH,
     INFERENCE_GENERATE,
@@ -235,8 +234,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             raise ValueError(f"prompts: each must be at most {MAX_PROMPT_CHARS} characters")
         if not 1 <= request.max_new_tokens <= MAX_GENERATE_TOKENS:
             raise ValueError(f"max_new_tokens: need 1 to {MAX_GENERATE_TOKENS}, got {request.max_new_tokens}")
-        if not (math.isfinite(request.temperature) and request.temperature >= 0):
-            raise ValueError(f"temperature: must be a finite number >= 0, got {request.temperature}")
+        check_temperature(request.temperature)
         with self.worker.lock:
             out = generate(self.worker.evaluator.lm, list(request.prompts), request.max_new_tokens,
                            request.temperature, request.chat_template)

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from hatchery.core.grader_specs import BUILTIN_NAMES, parse_specs
-from hatchery.core.model import DTYPES, EMBEDDED
+from hatchery.core.model import DTYPES, EMBEDDED, check_temperature
 from hatchery.core.prompt_schedule import SELECTIONS
 from hatchery.core.schema import ConfigError, check, from_dict
 from hatchery.core.tasks import TASKS
@@ -142,7 +142,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     check(tr.prompts_per_member >= 1, "train.prompts_per_member", "must be >= 1", tr.prompts_per_member)
     check(tr.prompt_selection in SELECTIONS, "train.prompt_selection", f"must be one of {list(SELECTIONS)}",
           tr.prompt_selection)
-    check(tr.temperature >= 0, "train.temperature", "must be >= 0", tr.temperature)
+    try:
+        check_temperature(tr.temperature)
+    except ValueError as err:
+        raise ConfigError(f"train.{err}") from None
     check(tr.eval_every >= 1, "train.eval_every", "must be >= 1", tr.eval_every)
     check(tr.members_per_lease >= 0, "train.members_per_lease", "must be >= 0", tr.members_per_lease)
     check(tr.lease_timeout_seconds > 0, "train.lease_timeout_seconds", "must be > 0", tr.lease_timeout_seconds)

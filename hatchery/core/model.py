@@ -207,6 +207,17 @@ def _prefix_then_suffixes(ids: Sequence[Sequence[int]], shared: int, pad: int) -
     return torch.tensor(rows), torch.tensor(masks)
 
 
+# Sampling temperatures generate() takes besides 0 (greedy): logits / T must stay finite and
+# softmax-able in float32, which 1e-300 or 1e300 do not.
+TEMPERATURES = (1e-4, 1e4)
+
+
+def check_temperature(temperature: float) -> None:
+    low, high = TEMPERATURES
+    if not (temperature == 0 or low <= temperature <= high):
+        raise ValueError(f"temperature must be 0 (greedy) or between {low:g} and {high:g}, got {temperature!r}")
+
+
 @torch.inference_mode()
 def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int, temperature: float = 0.0,
              chat_template: bool = True, *, settled: Callable[[str], bool] | None = None,
@@ -227,6 +238,7 @@ def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int, tempe
     groups = groups or RowGroups(len(prompts))
     if not prompts or len(prompts) % groups.size:
         raise ValueError(f"{len(prompts)} prompts do not split into groups of {groups.size} rows")
+    check_temperature(temperature)
     ids = tok(format_prompts(tok, prompts, chat_template), add_special_tokens=False)["input_ids"]
     empty = next((i for i, row in enumerate(ids) if not row), None)
     if empty is not None:

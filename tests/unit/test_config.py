@@ -28,6 +28,7 @@ def test_default_config_is_valid():
     ({"es": {"target_modules": ["("]}}, "es.target_modules"),
     ({"train": {"generations": 0}}, "train.generations"),
     ({"train": {"prompts_per_member": True}}, "train.prompts_per_member"),
+    ({"train": {"temperature": 1e-300}}, "train.temperature"),  # logits / T would not stay finite
     ({"model": {"dtype": "float8"}}, "model.dtype"),
     ({"task": {"name": "chess"}}, "task.name"),
     ({"model": "smol"}, "model"),
