@@ -1,9 +1,12 @@
 """What a plug-in process may do once its function is loaded, enforced by an audit hook.
 
 It may read files under its own folder and Python's installation (for lazy
-imports), and nothing else; it may not write, delete or rename files, start
-processes or load native libraries. A refused action raises PermissionError in
-the plug-in, so the sample it was scoring is reported FAILED with the reason.
+imports), and nothing else; it may not write, delete or rename files, open a
+database file, change its working directory, use `..` in a path, start
+processes or load native libraries. Hatchery's own settings ($HATCHERY_*:
+tokens, certificate paths) are removed from its environment before its module
+is imported. A refused action raises PermissionError in the plug-in, so the
+sample it was scoring is reported FAILED with the reason.
 
 An audit hook stops a grader that misbehaves by accident or naively; it is not
 a sandbox against code written to escape (native code can bypass it). Run a
@@ -24,6 +27,10 @@ _PROCESS_EVENTS = ("os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "os.ex
 _FILE_CHANGE_EVENTS = ("os.remove", "os.rmdir", "os.rename", "os.mkdir", "os.chmod", "os.chown", "os.link",
                        "os.symlink", "os.truncate", "os.utime", "shutil.rmtree", "shutil.move")
 _PATH_READ_EVENTS = ("os.listdir", "os.scandir", "glob.glob")
+# A relative path is checked against the working directory; an open with dir_fd resolves it
+# against another directory, which the audit event does not show: so the working directory
+# stays put and no path may climb out with "..".
+_CWD_EVENTS = ("os.chdir", "os.fchdir")
 
 
 def _is_write(mode: Any, flags: Any) -> bool:
@@ -49,8 +56,13 @@ class Confinement:
             path, mode, flags = args
             if _is_write(mode, flags):
                 raise PermissionError(f"a reward plug-in may not write files ({path})")
-            if not self.readable(path):
+            if not self.readable(path) or _climbs(path):
                 raise PermissionError(f"a reward plug-in may not read {path}: outside its folder")
+        elif event == "sqlite3.connect":
+            if args and args[0] not in (":memory:", b":memory:", ""):
+                raise PermissionError(f"a reward plug-in may not open a database file ({args[0]}); use ':memory:'")
+        elif event in _CWD_EVENTS:
+            raise PermissionError("a reward plug-in may not change its working directory")
         elif event in _PATH_READ_EVENTS:
             if args and args[0] is not None and not self.readable(args[0]):
                 raise PermissionError(f"a reward plug-in may not list {args[0]}: outside its folder")
@@ -58,6 +70,18 @@ class Confinement:
             raise PermissionError(f"a reward plug-in may not {event.split('.')[-1]} (no processes, no native code)")
         elif event.startswith(_FILE_CHANGE_EVENTS):
             raise PermissionError(f"a reward plug-in may not change files ({event})")
+
+
+def _climbs(path: Any) -> bool:
+    if isinstance(path, int):
+        return False
+    return ".." in Path(os.fsdecode(path)).parts
+
+
+def scrub_environment() -> None:
+    """Removes Hatchery's own settings (bearer tokens, TLS paths) from this process's environment."""
+    for name in [n for n in os.environ if n.startswith("HATCHERY_")]:
+        del os.environ[name]
 
 
 def confine(plugin_folder: str | os.PathLike) -> None:

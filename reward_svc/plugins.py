@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
-from reward_svc.confinement import confine
+from reward_svc.confinement import confine, scrub_environment
 from reward_svc.graders import Outcome, SampleLike, Status
 
 log = logging.getLogger("hatchery.reward.plugins")
@@ -43,6 +43,8 @@ def _columns(samples: Sequence[SampleLike]) -> dict[str, list[Any]]:
 
 def _child(conn: Connection, function: str, path: str, memory_mb: int, confined: bool) -> None:
     """The worker process: import the function once, confine itself, then score batches until told to stop."""
+    if confined:
+        scrub_environment()  # before the plug-in's module runs a line
     if memory_mb:
         limit = memory_mb * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

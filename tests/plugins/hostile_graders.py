@@ -2,6 +2,7 @@
 
 import ctypes
 import os
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -28,6 +29,16 @@ def reach(prompts, completions, target=None, **kwargs):
             subprocess.run(["true"])
         elif text == "native":
             ctypes.CDLL("libc.so.6")
+        elif text == "environment":  # the reward service's bearer token must not be there
+            scores.append(float(sum(name.startswith("HATCHERY_") for name in os.environ)))
+            continue
+        elif text == "sqlite":
+            sqlite3.connect(str(HERE / "planted.db")).execute("create table t (x)")
+        elif text == "chdir-then-dir-fd":
+            os.chdir("/")
+            os.close(os.open("etc/passwd", os.O_RDONLY))
+        elif text == "climb":
+            open(HERE / ".." / ".." / ".." / "etc" / "passwd").read()
         elif text == "spin":
             while True:
                 pass

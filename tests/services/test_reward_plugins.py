@@ -176,9 +176,12 @@ def test_malformed_requests_still_get_invalid_argument(rewards):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_a_plugin_cannot_reach_outside_its_folder(tmp_path):
+def test_a_plugin_cannot_reach_outside_its_folder(tmp_path, monkeypatch):
     """Reading or listing outside its folder, writing, deleting, forking, spawning, loading
-    native code or spinning forever: each is refused (or timed out) and reported for its sample."""
+    native code or spinning forever: each is refused (or timed out) and reported for its sample.
+    Issue 24, finding 5: a database file, chdir then a relative open, a path with "..", and the
+    service's token in the environment each got through before (the four new actions fail there)."""
+    monkeypatch.setenv("HATCHERY_REWARD_TOKEN", "the-services-secret")  # as a reward service behind a token has
     secret = tmp_path / "secret.txt"
     secret.write_text("do not read")
     graders = build_graders({"reach": {"type": "python", "function": "hostile_graders:reach", "path": PLUGINS,
@@ -188,7 +191,7 @@ def test_a_plugin_cannot_reach_outside_its_folder(tmp_path):
     try:
         stub = reward_pb2_grpc.RewardServiceStub(channel(server.address))
         actions = ["read-own", "read-outside", "list-outside", "write", "delete", "fork", "subprocess", "native",
-                   "spin", "read-own"]
+                   "environment", "sqlite", "chdir-then-dir-fd", "climb", "spin", "read-own"]
         samples = [pb.Sample(completion=a, metadata={"target": str(secret if a != "list-outside" else tmp_path)})
                    for a in actions]
         results = stub.Score(pb.ScoreRequest(samples=samples, grader="reach"), timeout=120).results
@@ -196,11 +199,14 @@ def test_a_plugin_cannot_reach_outside_its_folder(tmp_path):
         assert outcome["read-own"].status == OK and outcome["read-own"].score == 42.0
         expected = {"read-outside": "may not read", "list-outside": "may not list", "write": "may not write",
                     "delete": "may not change files", "fork": "may not fork", "subprocess": "may not Popen",
-                    "native": "may not dlopen"}
+                    "native": "may not dlopen", "sqlite": "may not open a database file",
+                    "chdir-then-dir-fd": "may not change its working directory", "climb": "may not read"}
         for action, words in expected.items():
             assert outcome[action].status == FAILED and words in outcome[action].error, (action, outcome[action])
         assert outcome["spin"].status == TIMED_OUT
+        assert outcome["environment"].status == OK and outcome["environment"].score == 0.0
         assert secret.read_text() == "do not read" and not (Path(PLUGINS) / "planted.txt").exists()
+        assert not (Path(PLUGINS) / "planted.db").exists()
     finally:
         server.stop()
         close_graders(graders)
