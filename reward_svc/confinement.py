@@ -9,8 +9,11 @@ is imported. A refused action raises PermissionError in the plug-in, so the
 sample it was scoring is reported FAILED with the reason.
 
 An audit hook stops a grader that misbehaves by accident or naively; it is not
-a sandbox against code written to escape (native code can bypass it). Run a
-grader you do not trust as its own reward service, in its own container.
+a sandbox against code written to escape (native code can bypass it). Where the
+kernel offers them, the same rules are also enforced by the kernel, which native
+code cannot bypass: Landlock for files (landlock.py), seccomp for processes
+(seccomp.py). Run a grader you do not
+trust as its own reward service, in its own container.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from reward_svc.landlock import restrict_to_reading
+from reward_svc.seccomp import forbid_new_processes
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 _PROCESS_EVENTS = ("os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "os.exec", "os.system", "os.kill",
@@ -84,8 +90,15 @@ def scrub_environment() -> None:
         del os.environ[name]
 
 
-def confine(plugin_folder: str | os.PathLike) -> None:
-    """From now on, this process may only read its plug-in's folder and Python's files."""
+def confine(plugin_folder: str | os.PathLike) -> tuple[str, ...]:
+    """From now on, this process may only read its plug-in's folder and Python's files and may
+    start no process: by the kernel where it offers that (Landlock for files, seccomp for
+    processes), and by an audit hook everywhere. Returns the kernel layers in force."""
     python = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
     here = Path(__file__).resolve().parent.parent  # Hatchery itself, for a source checkout
-    sys.addaudithook(Confinement([plugin_folder, *python, here, "/dev/null", "/dev/urandom"]))
+    readable = [plugin_folder, *python, here, "/dev/null", "/dev/urandom"]
+    # The kernel layers first: the hook refuses the ctypes calls they make.
+    layers = (("landlock",) if restrict_to_reading(readable) else ()) + \
+        (("seccomp",) if forbid_new_processes() else ())
+    sys.addaudithook(Confinement(readable))
+    return layers

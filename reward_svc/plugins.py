@@ -59,9 +59,8 @@ def _child(conn: Connection, function: str, path: str, memory_mb: int, confined:
     except BaseException as err:  # noqa: BLE001 - report whatever stopped the import to the parent
         conn.send(("error", f"cannot load {function}: {type(err).__name__}: {err}"))
         return
-    if confined:
-        confine(path or os.path.dirname(module.__file__ or "."))
-    conn.send(("ready", None))
+    layers = confine(path or os.path.dirname(module.__file__ or ".")) if confined else ()
+    conn.send(("ready", layers))
     while True:
         try:
             kwargs = conn.recv()
@@ -101,6 +100,7 @@ class _Process:
         if kind != "ready":
             self.kill()
             raise RuntimeError(message)
+        self.kernel_layers: tuple[str, ...] = tuple(message)  # what the kernel holds it by, besides the hook
 
     def call(self, kwargs: dict[str, Any], timeout: float) -> tuple[str, Any]:
         """("ok", values), ("error", message), ("timeout", message) or ("crashed", message)."""
@@ -131,8 +131,13 @@ class PluginGrader:
         self.function, self.path, self.memory_mb, self.confined = function, path, memory_mb, confined
         self.timeout_seconds, self.batch_size = timeout_seconds, batch_size
         self._idle: queue.Queue[_Process | None] = queue.Queue()  # None: a process to start on first use
-        for _ in range(processes):  # load errors surface here, before the service starts
-            self._idle.put(_Process(function, path, memory_mb, confined))
+        started = [_Process(function, path, memory_mb, confined) for _ in range(processes)]  # load errors: here
+        for proc in started:
+            self._idle.put(proc)
+        self.kernel_layers = started[0].kernel_layers  # ("landlock", "seccomp") where the kernel offers them
+        if confined:
+            log.info("plug-in %s: confined by an audit hook%s", function,
+                     "".join(f" and {layer}" for layer in self.kernel_layers) or " alone (no kernel layer here)")
         self._pool = ThreadPoolExecutor(max_workers=processes, thread_name_prefix="reward-plugin")
         self._processes = processes
 

@@ -1,6 +1,7 @@
 """A reward plug-in that reaches outside, by completion: each action must be refused."""
 
 import ctypes
+import gc
 import os
 import sqlite3
 import subprocess
@@ -39,6 +40,14 @@ def reach(prompts, completions, target=None, **kwargs):
             os.close(os.open("etc/passwd", os.O_RDONLY))
         elif text == "climb":
             open(HERE / ".." / ".." / ".." / "etc" / "passwd").read()
+        elif text.startswith("disarm-then-"):  # switch the audit hook off, as code written to escape can
+            for obj in gc.get_objects():
+                if type(obj).__name__ == "Confinement":
+                    type(obj).__call__ = lambda self, event, args: None
+            if text == "disarm-then-read":
+                open(path).read()
+            elif os.fork() == 0:  # disarm-then-fork
+                os._exit(0)
         elif text == "spin":
             while True:
                 pass

@@ -15,6 +15,8 @@ from hatchery.core.schema import ConfigError
 from hatchery.service.serving import channel
 from hatchery.v1 import reward_pb2 as pb
 from hatchery.v1 import reward_pb2_grpc
+from reward_svc import landlock
+from reward_svc.graders import Status
 from reward_svc.server import reward_server
 from reward_svc.specs import build_graders, close_graders
 
@@ -209,4 +211,23 @@ def test_a_plugin_cannot_reach_outside_its_folder(tmp_path, monkeypatch):
         assert not (Path(PLUGINS) / "planted.db").exists()
     finally:
         server.stop()
+        close_graders(graders)
+
+
+@pytest.mark.skipif(not landlock.abi_version(), reason="no Landlock on this kernel: the audit hook is the only layer")
+def test_the_kernel_holds_a_plugin_that_switches_its_audit_hook_off(tmp_path):
+    """Issue 24, finding 5: the hook can be switched off from Python (through gc), after which a
+    plug-in reads anything and starts processes (before: both went through). With Landlock and
+    seccomp the kernel still refuses both, whatever the plug-in's Python does."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not read")
+    graders = build_graders({"reach": {"type": "python", "function": "hostile_graders:reach", "path": PLUGINS,
+                                       "timeout_seconds": 5.0, "processes": 1}})
+    try:
+        assert graders["reach"].kernel_layers == ("landlock", "seccomp")
+        read, fork = graders["reach"].score([pb.Sample(completion=action, metadata={"target": str(secret)})
+                                             for action in ("disarm-then-read", "disarm-then-fork")])
+        assert read.status is Status.FAILED and "Permission denied" in read.error, read
+        assert fork.status is Status.FAILED and "Operation not permitted" in fork.error, fork
+    finally:
         close_graders(graders)
