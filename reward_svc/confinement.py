@@ -90,15 +90,23 @@ def scrub_environment() -> None:
         del os.environ[name]
 
 
-def confine(plugin_folder: str | os.PathLike) -> tuple[str, ...]:
-    """From now on, this process may only read its plug-in's folder and Python's files and may
-    start no process: by the kernel where it offers that (Landlock for files, seccomp for
-    processes), and by an audit hook everywhere. Returns the kernel layers in force."""
+def _readable(plugin_folder: str | os.PathLike) -> list[str | os.PathLike]:
     python = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
     here = Path(__file__).resolve().parent.parent  # Hatchery itself, for a source checkout
-    readable = [plugin_folder, *python, here, "/dev/null", "/dev/urandom"]
-    # The kernel layers first: the hook refuses the ctypes calls they make.
-    layers = (("landlock",) if restrict_to_reading(readable) else ()) + \
+    return [plugin_folder, *python, here, "/dev/null", "/dev/urandom"]
+
+
+def confine_by_kernel(plugin_folder: str | os.PathLike) -> tuple[str, ...]:
+    """From now on the kernel lets this process (and any child) read only its plug-in's folder
+    and Python's files (Landlock) and start no process (seccomp), where it offers them; returns
+    the layers in force. Safe before the plug-in's module is imported: imports only read."""
+    libraries = ["/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib", "/etc/ld.so.cache"]  # for imports
+    return (("landlock",) if restrict_to_reading([*_readable(plugin_folder), *libraries]) else ()) + \
         (("seccomp",) if forbid_new_processes() else ())
-    sys.addaudithook(Confinement(readable))
-    return layers
+
+
+def confine_by_hook(plugin_folder: str | os.PathLike) -> None:
+    """From now on an audit hook refuses what the module docstring lists; after the module is
+    imported (the hook refuses the native loads an import may need) and after the kernel layers
+    (it refuses the ctypes calls they make)."""
+    sys.addaudithook(Confinement(_readable(plugin_folder)))

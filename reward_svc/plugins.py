@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
-from reward_svc.confinement import confine, scrub_environment
+from reward_svc.confinement import confine_by_hook, confine_by_kernel, scrub_environment
 from reward_svc.graders import Outcome, SampleLike, Status
 
 log = logging.getLogger("hatchery.reward.plugins")
@@ -43,8 +43,11 @@ def _columns(samples: Sequence[SampleLike]) -> dict[str, list[Any]]:
 
 def _child(conn: Connection, function: str, path: str, memory_mb: int, confined: bool) -> None:
     """The worker process: import the function once, confine itself, then score batches until told to stop."""
-    if confined:
-        scrub_environment()  # before the plug-in's module runs a line
+    layers: tuple[str, ...] = ()
+    if confined:  # before the plug-in's module runs a line
+        scrub_environment()
+        if path:  # its folder is known: the kernel layers hold its top-level code too
+            layers = confine_by_kernel(path)
     if memory_mb:
         limit = memory_mb * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -59,7 +62,10 @@ def _child(conn: Connection, function: str, path: str, memory_mb: int, confined:
     except BaseException as err:  # noqa: BLE001 - report whatever stopped the import to the parent
         conn.send(("error", f"cannot load {function}: {type(err).__name__}: {err}"))
         return
-    layers = confine(path or os.path.dirname(module.__file__ or ".")) if confined else ()
+    if confined:
+        folder = path or os.path.dirname(module.__file__ or ".")
+        layers = layers or confine_by_kernel(folder)
+        confine_by_hook(folder)
     conn.send(("ready", layers))
     while True:
         try:

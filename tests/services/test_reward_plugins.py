@@ -231,3 +231,16 @@ def test_the_kernel_holds_a_plugin_that_switches_its_audit_hook_off(tmp_path):
         assert fork.status is Status.FAILED and "Operation not permitted" in fork.error, fork
     finally:
         close_graders(graders)
+
+
+@pytest.mark.skipif(not landlock.abi_version(), reason="no Landlock on this kernel: top-level code runs unconfined")
+def test_a_plugins_top_level_code_is_already_confined():
+    """Issue 24, finding 5: module top-level code ran before confinement. With a plug-in folder
+    given, the kernel layers are in force before the module is imported (before: it read 1.0)."""
+    graders = build_graders({"top": {"type": "python", "function": "toplevel_graders:read_at_import",
+                                     "path": PLUGINS, "processes": 1}})
+    try:
+        (outcome,) = graders["top"].score([pb.Sample(completion="x")])
+        assert outcome.status is Status.OK and outcome.score == 0.0
+    finally:
+        close_graders(graders)
