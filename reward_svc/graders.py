@@ -249,7 +249,9 @@ _FINAL_GSM8K = re.compile(r"####\s*([^\n]*)")
 _NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?(?:/\d+)?", re.ASCII)
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))", re.ASCII)
 _FRAC = re.compile(r"\\[dt]?frac\{\s*(-?[\d.]+)\s*\}\{\s*(-?[\d.]+)\s*\}", re.ASCII)
-_LATEX_NOISE = re.compile(r"\\[!,; ]|\\text\{[^}]*\}|\\left|\\right|\\%|\\\$|[$%]")
+# \text{...} stops at the next backslash as well as at its brace: with [^}]* alone, a million
+# unclosed "\text{" made each match scan to the end of the text (quadratic: minutes).
+_LATEX_NOISE = re.compile(r"\\[!,; ]|\\text\{[^}\\]*\}|\\left|\\right|\\%|\\\$|[$%]")
 
 
 def _last_boxed(text: str) -> str | None:

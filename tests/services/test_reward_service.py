@@ -100,3 +100,22 @@ def test_undecodable_bytes_get_invalid_argument(stub):
         with pytest.raises(grpc.RpcError) as err:
             ch.unary_unary(method)(b"\x0a\xff\xff", timeout=10)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and method in err.value.details()
+
+
+def test_adversarial_completions_of_a_megabyte_are_scored_and_health_keeps_answering(tmp_path):
+    """Found while bounding the built-in graders (issue 24): a million unclosed "\\text{" made the
+    numeric grader's LaTeX clean-up quadratic, about two minutes for one sample. Fails before the fix
+    (DEADLINE_EXCEEDED); every built-in grader takes well under a second on these now."""
+    mb = 1_000_000
+    texts = ["\\text{" * (mb // 6), "\\boxed{" + "{" * mb, "-" * mb, "1e" * (mb // 2), "(" * mb, "\\frac{" * (mb // 6)]
+    samples = [pb.Sample(completion=t, reference="5", metadata={"numbers": "1,2", "target": "3"}) for t in texts]
+    with loopback_service(["reward"], tmp_path, "reward") as address:
+        ch = channel(address)
+        stub = reward_pb2_grpc.RewardServiceStub(ch)
+        with ThreadPoolExecutor(4) as pool:
+            scoring = [pool.submit(stub.Score, pb.ScoreRequest(samples=samples, grader=g), timeout=30)
+                       for g in ("numeric", "countdown", "first_integer", "length")]
+            status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+            results = [f.result().results for f in scoring]
+    assert status == health_pb2.HealthCheckResponse.SERVING
+    assert all(len(r) == len(samples) and all(x.status == pb.SCORE_STATUS_OK for x in r) for r in results)
