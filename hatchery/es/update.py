@@ -77,8 +77,8 @@ def low_rank_norm_sq(g: torch.Tensor, b: torch.Tensor) -> float:
 # No entry of a step may exceed this: float32 weights overflow at 3.4e38, and no real update
 # comes within 30 orders of magnitude of it.
 MAX_STEP_ENTRY = 1e30
-# |A|, |B| entries never exceed this: torch.randn draws by Box-Muller from uniforms of at most
-# 53 bits, so |z| <= sqrt(-2 ln 2^-53) = 8.6.
+# |A|, |B| entries never exceed this: torch.randn draws by Box-Muller, |z| <= sqrt(-2 ln u) for
+# its smallest uniform u, which is no smaller than 2^-53: 8.6.
 MAX_NOISE = 9.0
 
 
