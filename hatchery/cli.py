@@ -217,6 +217,13 @@ def _eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=0, help="the run's task.max_new_tokens; 0: the task's")
 
 
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["preview"], help="preview: row counts, prompts as the model sees them, "
+                                                       "their columns and lengths in tokens")
+    p.add_argument("config", help="run config YAML")
+    p.add_argument("-n", "--examples", type=int, default=3, help="prompts to show")
+
+
 def _loadtest_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
     p.add_argument("--reward-clients", type=int, default=32)
@@ -408,6 +415,18 @@ def _eval(args: argparse.Namespace, tls: Any) -> int:
     return _print_json(result, None)
 
 
+def _data(args: argparse.Namespace, tls: Any) -> int:
+    from hatchery.core.config import ConfigError, load_config
+    from hatchery.data_preview import preview
+
+    _quiet_libraries()
+    try:
+        return _print_json(preview(load_config(args.config), args.examples), None)
+    except (ConfigError, OSError) as err:
+        print(f"hatchery: bad config: {err}", file=sys.stderr)
+        return 2
+
+
 def _loadtest(args: argparse.Namespace, tls: Any) -> int:
     _needs("loadtest", "hatchery.bench")
     from hatchery.bench.loadtest import run_loadtest
@@ -460,6 +479,8 @@ VERBS: dict[str, Verb] = {
                      _ablation),
     "export": Verb("a run's weights as a Hugging Face folder or a PEFT LoRA adapter", _export_flags, _export),
     "eval": Verb("held-out reward of a model or PEFT adapter on a task (JSON)", _eval_flags, _eval),
+    "data": Verb("what a run's prompts will be: row counts, examples as the model sees them, lengths (JSON)",
+                 _data_flags, _data),
     "loadtest": Verb("bounded load on loopback: reward clients and simulated workers (JSON)", _loadtest_flags,
                      _loadtest),
 }

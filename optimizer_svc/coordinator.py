@@ -14,7 +14,7 @@ import itertools
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -33,10 +33,11 @@ from hatchery.core.checkpoint import (
 from hatchery.core.config import RunConfig
 from hatchery.core.failpoints import failpoint
 from hatchery.core.model import LoadedModel, fingerprint
+from hatchery.core.prompt_data import run_task
 from hatchery.core.prompt_schedule import PromptSchedule
 from hatchery.core.run_files import RunFilesError, writing
 from hatchery.core.run_metrics import WORKER_TIME_SPLIT, GenerationStats, MetricsLog
-from hatchery.core.tasks import Task, TaskPrompt, load_task
+from hatchery.core.tasks import Task, TaskPrompt
 from hatchery.core.update_log import UpdateLog, UpdateRecord
 from hatchery.es import (
     EsUpdater,
@@ -54,7 +55,7 @@ from optimizer_svc.generation import Generation, HeldOut
 from optimizer_svc.leases import LeaseBook
 
 
-def _proto_prompts(prompts: list[TaskPrompt]) -> list[pb.Prompt]:
+def _proto_prompts(prompts: Sequence[TaskPrompt]) -> list[pb.Prompt]:
     return [pb.Prompt(index=i, text=p.text, reference=p.reference, metadata=p.metadata)
             for i, p in enumerate(prompts)]
 
@@ -78,7 +79,7 @@ class Coordinator:
                  clock: Callable[[], float] = time.monotonic):
         self.cfg, self.lm, self.run_dir, self.clock = cfg, lm, run_dir, clock
         self.on_generation = on_generation
-        self.task: Task = load_task(cfg.task.name, cfg.task.seed, cfg.task.heldout_size)
+        self.task: Task = run_task(cfg.task)
         self.max_new_tokens = cfg.task.max_new_tokens or self.task.max_new_tokens
         self.targets = find_targets(lm.model, cfg.es.target_modules, cfg.es.exclude_modules)
         self.updater = EsUpdater(self.targets, cfg.es.seed, cfg.es.rank, step_rule(cfg.es))

@@ -38,6 +38,14 @@ class TaskConfig:
     max_new_tokens: int = 0  # 0: the task's own default
     chat_template: bool = True
     early_stop: bool = True  # end a row once the task's grader can read nothing more (arith: the first integer)
+    # name "dataset": prompts from files (hatchery.core.prompt_data)
+    train: Any = ""  # a .jsonl .json .parquet .csv .arrow file, a save_to_disk folder, a glob, or a list of these
+    heldout: Any = ""  # the same; empty: heldout_size (or heldout_fraction) rows split off train with task.seed
+    heldout_fraction: float = 0.0  # > 0: this share of train is held out instead of heldout_size rows
+    prompt_key: str = "prompt"  # the column of prompts (text)
+    reference_key: str = ""  # the column of reference answers; empty: none
+    metadata_keys: Any = "all"  # "all" (every other column) or a list: the columns handed to graders
+    allow_heldout_in_train: bool = False  # a held-out prompt that is also a training prompt is refused otherwise
 
 
 @dataclass(frozen=True)
@@ -108,7 +116,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     check(cfg.model.dtype in DTYPES, "model.dtype", f"must be one of {sorted(DTYPES)}", cfg.model.dtype)
     check(not cfg.model.adapter or (Path(cfg.model.adapter) / "adapter_config.json").is_file(), "model.adapter",
           "must be a PEFT adapter folder (with adapter_config.json)", cfg.model.adapter)
-    check(cfg.task.name in TASKS, "task.name", f"must be one of {sorted(TASKS)}", cfg.task.name)
+    check(cfg.task.name in TASKS or cfg.task.name == "dataset", "task.name",
+          f"must be one of {sorted(TASKS)} or dataset", cfg.task.name)
+    _validate_data(cfg)
     check(cfg.task.heldout_size >= 1, "task.heldout_size", "must be >= 1", cfg.task.heldout_size)
     check(cfg.task.max_new_tokens >= 0, "task.max_new_tokens", "must be >= 0", cfg.task.max_new_tokens)
     es = cfg.es
@@ -153,6 +163,24 @@ def validate(cfg: RunConfig) -> RunConfig:
     check(tr.checkpoints_kept >= 1, "train.checkpoints_kept", "must be >= 1", tr.checkpoints_kept)
     _validate_reward(cfg)
     return cfg
+
+
+def _validate_data(cfg: RunConfig) -> None:
+    """A dataset task's files are read and checked here, before anything starts."""
+    task = cfg.task
+    if task.name != "dataset":
+        check(not task.train and not task.heldout, "task.train", "is read only with task.name: dataset",
+              task.train or task.heldout)
+        return
+    check(bool(cfg.grader or cfg.reward.services), "grader", "a dataset has no grader of its own: name one "
+          "(numeric, length, a grader from reward.graders) or give reward.services", cfg.grader)
+    check(0 <= task.heldout_fraction < 1, "task.heldout_fraction", "must be in [0, 1)", task.heldout_fraction)
+    check(task.metadata_keys == "all" or (isinstance(task.metadata_keys, list)
+                                           and all(isinstance(k, str) for k in task.metadata_keys)),
+          "task.metadata_keys", "must be 'all' or a list of column names", task.metadata_keys)
+    from hatchery.core.prompt_data import dataset_task  # reads the files: only for dataset runs
+
+    dataset_task(task)
 
 
 def _validate_reward(cfg: RunConfig) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 
@@ -18,8 +18,8 @@ class TaskPrompt:
 class Task:
     name: str
     grader: str
-    train: list[TaskPrompt]  # sampled from during training
-    heldout: list[TaskPrompt]  # never used for training or selection
+    train: Sequence[TaskPrompt]  # sampled from during training
+    heldout: Sequence[TaskPrompt]  # never used for training or selection
     max_new_tokens: int
     stop_rule: str = ""  # one of hatchery.core.stop_rules.STOP_RULES: its grader reads nothing after that point
 

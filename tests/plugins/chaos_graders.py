@@ -6,6 +6,7 @@
 """
 
 import asyncio
+import json
 import math
 import os
 import time
@@ -49,3 +50,10 @@ def logged_length(prompts, completions, reference, **kwargs):
         f.write(os.environ["REPLICA_NAME"] + "\n")
     ascii_space = " \t\n\r\f\v"  # as the built-in grader strips: a Unicode space in a completion is kept
     return [-abs(len(c.strip(ascii_space)) - len(r.strip(ascii_space))) for c, r in zip(completions, reference)]
+
+
+def columns_seen(prompts, completions, reference, **columns):
+    """Appends what it was given to $COLUMNS_LOG (a JSON line per call); scores by length."""
+    with open(os.environ["COLUMNS_LOG"], "a") as log:
+        log.write(json.dumps({"prompts": prompts, "reference": reference, "columns": columns}) + "\n")
+    return [-float(len(c)) for c in completions]

@@ -88,3 +88,33 @@ def test_a_run_scored_by_external_replicas_with_a_plugin_and_a_token(tiny_llama_
     assert [r.fitness for r in read_log(tmp_path / "run" / "updates.jsonl")] == [
         r.fitness for r in read_log(tmp_path / "reference" / "updates.jsonl")]
     assert set(replica_log.read_text().split()) == {"a", "b"}  # both replicas scored
+
+
+def test_a_run_on_a_jsonl_dataset_trains_and_hands_every_column_to_the_grader(tiny_llama_dir, tmp_path):
+    """Issue 21: `task.name: dataset` over files, the three services as separate processes; the
+    held-out set is the held-out file's and the grader gets every other column by name."""
+    rows = [{"prompt": f"Add {i} and {i + 1}.", "answer": str(2 * i + 1), "level": str(i % 3), "source": "made-here"}
+            for i in range(12)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:9]))
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[9:]))
+    cfg = {"run_dir": str(tmp_path / "run"), "model": {"source": str(tiny_llama_dir)}, "grader": "seen",
+           "task": {"name": "dataset", "train": str(tmp_path / "train.jsonl"), "heldout": str(tmp_path / "test.jsonl"),
+                    "reference_key": "answer", "max_new_tokens": 4},
+           "es": {"population": 2, "rank": 1, "sigma": 0.05, "lr": 0.05},
+           "train": {"generations": 2, "prompts_per_member": 2, "eval_every": 1, "time_budget_seconds": 0},
+           "reward": {"graders": {"seen": {"type": "python", "function": "chaos_graders:columns_seen",
+                                           "path": str(Path(__file__).parents[1] / "plugins"), "processes": 1,
+                                           "confined": False}}}}  # it writes $COLUMNS_LOG
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(cfg))
+    log = tmp_path / "columns.jsonl"
+    out = subprocess.run([sys.executable, "-m", "hatchery.cli", "run", str(config_path)], capture_output=True,
+                         text=True, timeout=600, env={**os.environ, "COLUMNS_LOG": str(log)})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert len(read_log(tmp_path / "run" / "updates.jsonl")) == 2
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    scored = {p: r for call in calls for p, r in zip(call["prompts"], call["reference"])}
+    assert {r["prompt"] for r in rows[9:]} <= set(scored)  # the held-out file, evaluated
+    assert set(scored) <= {r["prompt"] for r in rows} and scored[rows[10]["prompt"]] == "21"
+    assert all(set(call["columns"]) == {"level", "source"} for call in calls)
+    assert {v for call in calls for v in call["columns"]["source"]} == {"made-here"}
