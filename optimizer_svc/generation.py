@@ -32,6 +32,8 @@ class HeldOut:
 
 @dataclass
 class Generation:
+    """One generation's state, from its first lease to its metrics row."""
+
     number: int
     started: float  # the training clock's start: reset when the held-out evaluation is in
     population: int

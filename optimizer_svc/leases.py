@@ -3,10 +3,11 @@
 A lease is a member range x prompts of one generation, held by one worker until
 its deadline. A lease whose worker vanished goes out again once its deadline
 passes (a reassignment); a worker that will not finish one hands it back and it
-goes out first (a release). Only a worker a lease was handed to may report it: the
-holder, or an earlier holder whose deadline passed (its late answer still counts, and the
-later copy's answer is then the duplicate). Lease ids carry a per-process prefix, so a result for a
-lease of an earlier optimizer process (before a restart) never matches a new one.
+goes out first (a release). Only a worker a lease was handed to may report it:
+the holder, or an earlier holder whose deadline passed (its late answer still
+counts, and the later copy's answer is then the duplicate). Lease ids carry a
+per-process prefix, so a result for a lease of an earlier optimizer process
+(before a restart) never matches a new one.
 """
 
 from __future__ import annotations
