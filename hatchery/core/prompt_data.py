@@ -28,7 +28,7 @@ FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "cs
 DEFAULT_MAX_NEW_TOKENS = 256
 
 
-def _files(spec: Any, key: str) -> list[str]:
+def data_files(spec: Any, key: str) -> list[str]:
     """The paths a train/heldout value names: one, a list, or globs; each must exist."""
     entries = [spec] if isinstance(spec, str) else spec
     if not isinstance(entries, list) or not entries or not all(isinstance(e, str) and e for e in entries):
@@ -46,7 +46,7 @@ def open_data(spec: Any, key: str) -> datasets.Dataset:
     """One table from the files (or save_to_disk folder) `spec` names."""
     import datasets
 
-    paths = _files(spec, key)
+    paths = data_files(spec, key)
     if len(paths) == 1 and Path(paths[0]).is_dir():
         try:
             loaded = datasets.load_from_disk(paths[0])

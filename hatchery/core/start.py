@@ -4,7 +4,8 @@ The run dir records the start in start.json by path and content hash, so a resum
 run refuses a base that changed under it and an export names exactly what it builds
 on. With an adapter, the merged model is written once into the run dir
 (start-model/); that folder is what the optimizer and every worker load, and workers
-that cannot see it stream it from the optimizer, file by file, checked by hash.
+that cannot see it stream it from the optimizer, file by file, checked by hash. A
+dataset run records its data files' hashes too, and a resume refuses changed data.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from hatchery.core.config import RunConfig
 from hatchery.core.model import load_model, merge_adapter, resolve_model
+from hatchery.core.prompt_data import data_files
 from hatchery.core.schema import ConfigError
 
 START_RECORD = "start.json"
@@ -89,14 +91,40 @@ def recorded_start(run_dir: Path, cfg: RunConfig) -> dict:
     return start
 
 
+def _data_record(cfg: RunConfig) -> dict | None:
+    """A dataset run's files by path and SHA-256 (a save_to_disk folder by its files' hash)."""
+    if cfg.task.name != "dataset":
+        return None
+    return {key: {p: folder_sha256(folder_files(Path(p))) if Path(p).is_dir() else file_sha256(Path(p))
+                  for p in data_files(spec, f"task.{key}")}
+            for key, spec in (("train", cfg.task.train), ("heldout", cfg.task.heldout)) if spec}
+
+
+def _check_data(recorded: dict, now: dict | None) -> None:
+    """A resumed run's prompts must be the ones it started with: the schedule replays onto them."""
+    before = recorded.get("data")  # absent in runs recorded before datasets
+    if before is None or before == now:
+        return
+    for key in ("train", "heldout"):
+        for path, sha in (before.get(key) or {}).items():
+            if (now or {}).get(key, {}).get(path) != sha:
+                raise ConfigError(f"task.{key}: {path} changed (or is gone) since this run started; "
+                                  "restore it or start a new run")
+    raise ConfigError("task: the run's data files are not the ones it started with; restore them or start a new run")
+
+
 def prepare_start(cfg: RunConfig, run_dir: Path) -> StartPoint:
     """The start of cfg's run in run_dir: merged and recorded on first call, checked
     against the record when the run resumes."""
     base = resolve_model(cfg.model.source)
     record = {"source": cfg.model.source, "base": _describe(base),
               "adapter": _describe(Path(cfg.model.adapter)) if cfg.model.adapter else None}
+    data = _data_record(cfg)
+    if data is not None:
+        record["data"] = data
     recorded = read_start(run_dir)
     if recorded is not None:
+        _check_data(recorded, data)
         for part in ("base", "adapter"):
             if (recorded[part] or {}).get("sha256") != (record[part] or {}).get("sha256"):
                 raise ConfigError(f"model: the {part} this run started from changed since "

@@ -10,6 +10,7 @@ import yaml
 from hatchery.cli import main
 from hatchery.core.config import ConfigError, parse_config
 from hatchery.core.prompt_data import run_task
+from hatchery.core.start import prepare_start
 
 ROWS = [{"prompt": f"What is {i} + {i}?", "answer": str(2 * i), "level": i % 3, "tags": ["sum", str(i)]}
         for i in range(20)]
@@ -131,3 +132,17 @@ def test_data_preview_shows_prompts_as_the_model_reads_them(tmp_path, tiny_llama
     config.write_text(yaml.safe_dump({"grader": "numeric", "task": {"name": "dataset", "train": "missing.jsonl"}}))
     assert main(["data", "preview", str(config)]) == 2
     assert "task.train: missing.jsonl does not exist" in capsys.readouterr().err
+
+
+def test_a_resumed_run_refuses_data_that_changed_under_it(tmp_path, tiny_llama_dir):
+    """The prompt schedule replays onto the same rows: a resume on other data would not be this run."""
+    train = _write(tmp_path, "jsonl")
+    cfg = parse_config({"run_dir": str(tmp_path / "run"), "model": {"source": str(tiny_llama_dir)},
+                        "grader": "numeric", "task": {"name": "dataset", "train": train, "heldout_size": 5}})
+    first = prepare_start(cfg, tmp_path / "run")
+    assert list(first.record["data"]["train"]) == [train]
+    prepare_start(cfg, tmp_path / "run")  # the same data: resumes
+    with open(train, "a") as f:
+        f.write(json.dumps({**ROWS[0], "prompt": "one more"}) + "\n")
+    with pytest.raises(ConfigError, match=f"task.train: {train} changed .* since this run started"):
+        prepare_start(cfg, tmp_path / "run")
