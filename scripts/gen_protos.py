@@ -1,6 +1,6 @@
 """Regenerates the committed Python stubs in hatchery/v1 from protos/.
 
-Run after editing a .proto; tests/test_protos.py fails if the committed stubs
+Run after editing a .proto; tests/unit/test_protos.py fails if the committed stubs
 differ from what this produces.
 """
 
