@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,10 +56,10 @@ def open_data(spec: Any, key: str) -> datasets.Dataset:
         if isinstance(loaded, datasets.DatasetDict):
             raise ConfigError(f"{key}: {paths[0]} holds splits {sorted(loaded)}; name one of its folders")
         return loaded
+    unknown = [p for p in paths if Path(p).suffix.lower() not in FORMATS]
     kinds = {FORMATS.get(Path(p).suffix.lower()) for p in paths}
-    if None in kinds or len(kinds) != 1:
-        unknown = next(p for p in paths if Path(p).suffix.lower() not in FORMATS) if None in kinds else paths[0]
-        raise ConfigError(f"{key}: {unknown}: files must all be one of {sorted(FORMATS)}")
+    if unknown or len(kinds) != 1:
+        raise ConfigError(f"{key}: {(unknown or paths)[0]}: files must all be one of {sorted(FORMATS)}")
     if all(Path(p).stat().st_size == 0 for p in paths):
         raise ConfigError(f"{key}: {', '.join(paths)} has no rows")
     try:
@@ -130,8 +131,23 @@ class RowPrompts(Sequence[TaskPrompt]):
                           {k: _text(row[k]) for k in self.metadata_keys})
 
 
+# Tasks already read and checked in this process, by config and file state: the optimizer checks
+# its data when the config is parsed and builds its task from it a moment later.
+_read: dict[tuple, Task] = {}
+
+
 def dataset_task(task: TaskConfig) -> Task:
     """The run's prompts from task.train (and task.heldout, or a seeded split of train)."""
+    files = [data_files(spec, f"task.{key}") for key, spec in (("train", task.train), ("heldout", task.heldout))
+             if spec]
+    state = tuple((p, os.stat(p).st_mtime_ns, os.stat(p).st_size) for paths in files for p in paths)
+    key = (repr(task), state)
+    if key not in _read:
+        _read[key] = _read_task(task)
+    return _read[key]
+
+
+def _read_task(task: TaskConfig) -> Task:
     train = open_data(task.train, "task.train")
     metadata_keys = _check_columns(train, "task.train", task.train, task)
     _check_prompts(train, "task.train", task.train, task.prompt_key)

@@ -15,13 +15,11 @@ from hatchery.core.config import RunConfig
 from hatchery.es import StepRule
 from hatchery.v1 import optimizer_pb2 as pb
 
-# EsSettings fields that come from elsewhere than the config's `es` section.
-_NOT_FROM_ES = {"dtype": lambda cfg: cfg.model.dtype}
-
 
 def es_settings(cfg: RunConfig) -> pb.EsSettings:
-    return pb.EsSettings(**{f.name: _NOT_FROM_ES[f.name](cfg) if f.name in _NOT_FROM_ES else getattr(cfg.es, f.name)
-                            for f in pb.EsSettings.DESCRIPTOR.fields})
+    """Every field from the config's es section, but dtype, which is the model's."""
+    return pb.EsSettings(**{f.name: getattr(cfg.es, f.name) for f in pb.EsSettings.DESCRIPTOR.fields
+                            if f.name != "dtype"}, dtype=cfg.model.dtype)
 
 
 def reward_settings(cfg: RunConfig) -> pb.RewardSettings:
