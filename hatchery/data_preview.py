@@ -18,7 +18,7 @@ LENGTH_SAMPLE = 10_000  # prompts tokenized for the length distribution (all of 
 
 
 def preview(cfg: RunConfig, examples: int = 3) -> dict:
-    task = run_task(cfg.task)
+    task = run_task(cfg)
     tokenizer = load_tokenizer(resolve_model(cfg.model.source))
     shown = [task.train[i] for i in range(min(examples, len(task.train)))]
     rows = list(range(len(task.train)))

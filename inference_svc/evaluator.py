@@ -10,6 +10,7 @@ import torch
 from hatchery.core.model import Completions, LoadedModel, RowGroups, fingerprint, generate
 from hatchery.core.stop_rules import stop_rule
 from hatchery.es import EsUpdater, NoiseKey, PopulationNoise, find_targets, perturbed
+from hatchery.service.prompts import model_input
 from hatchery.service.settings import step_rule
 from hatchery.v1 import optimizer_pb2 as pb
 
@@ -55,7 +56,7 @@ class Evaluator:
         GenerationInterrupted once `interrupt` is set."""
         if lease.generation != self.applied_generation:
             raise ValueError(f"lease for generation {lease.generation} but weights are at {self.applied_generation}")
-        texts = [p.text for p in lease.prompts]
+        texts = [model_input(p) for p in lease.prompts]
         s = lease.sampling
         decoding = (s.max_new_tokens, s.temperature, s.chat_template)
         settled = stop_rule(s.stop_rule)

@@ -24,6 +24,7 @@ from hatchery.service.metrics import (
     INFERENCE_TOKENS,
     serve_metrics,
 )
+from hatchery.service.prompts import reward_sample
 from hatchery.service.reward_client import Endpoint, RewardClient
 from hatchery.service.security import Tls, service_token
 from hatchery.service.serving import Server, channel, invalid_argument_on_value_error, stop_event_on_signals
@@ -179,7 +180,7 @@ class Worker:
         INFERENCE_TOKENS.labels(kind).inc(completions.new_tokens)
         started = time.perf_counter()
         per_prompt = len(lease.prompts)
-        samples = [reward_pb2.Sample(prompt=p.text, completion=text, reference=p.reference, metadata=p.metadata)
+        samples = [reward_sample(p, text)
                    for text, p in zip(completions.texts, list(lease.prompts) * (len(completions.texts) // per_prompt))]
         rewards, statuses = self._score(samples, stop)
         unscored = sum(s != reward_pb2.SCORE_STATUS_OK for s in statuses)

@@ -48,6 +48,7 @@ from hatchery.es import (
     scheduled_lr,
     shape_fitness,
 )
+from hatchery.service.prompts import lease_prompt
 from hatchery.service.settings import step_rule
 from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import reward_pb2
@@ -56,8 +57,7 @@ from optimizer_svc.leases import LeaseBook
 
 
 def _proto_prompts(prompts: Sequence[TaskPrompt]) -> list[pb.Prompt]:
-    return [pb.Prompt(index=i, text=p.text, reference=p.reference, metadata=p.metadata)
-            for i, p in enumerate(prompts)]
+    return [lease_prompt(i, p) for i, p in enumerate(prompts)]
 
 
 @dataclass
@@ -79,7 +79,7 @@ class Coordinator:
                  clock: Callable[[], float] = time.monotonic):
         self.cfg, self.lm, self.run_dir, self.clock = cfg, lm, run_dir, clock
         self.on_generation = on_generation
-        self.task: Task = run_task(cfg.task)
+        self.task: Task = run_task(cfg)
         self.max_new_tokens = cfg.task.max_new_tokens or self.task.max_new_tokens
         self.targets = find_targets(lm.model, cfg.es.target_modules, cfg.es.exclude_modules)
         self.updater = EsUpdater(self.targets, cfg.es.seed, cfg.es.rank, step_rule(cfg.es))

@@ -7,6 +7,7 @@ Graders that score whole batches (plug-ins, bridges) implement `BatchGrader`.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import Counter
@@ -226,12 +227,24 @@ def countdown_answer(response: str, numbers: list[int], target: int) -> float:
         return 0.0
 
 
+def _listed(text: str) -> list[str]:
+    """'3,5,7', or a dataset's list column as JSON text ('[3, 5, 7]'); a non-integer item is ''."""
+    if not text.lstrip().startswith("["):
+        return text.split(",")
+    try:
+        items = json.loads(text)
+    except ValueError:  # not JSON, or an integer too long for Python to read
+        return [""]
+    return [str(n) if type(n) is int else "" for n in items] if isinstance(items, list) and items else [""]
+
+
 def countdown(prompt: str, completion: str, reference: str, metadata: Mapping[str, str]) -> Grade:
     """Qiu et al. 2025: 0.1 x format + answer."""
-    numbers = [_canonical_integer(n) for n in metadata.get("numbers", "").split(",")]
+    numbers = [_canonical_integer(n) for n in _listed(metadata.get("numbers", ""))]
     target = _canonical_integer(metadata.get("target", ""))
     if target is None or None in numbers:
-        raise NotApplicable("countdown needs metadata 'numbers' (comma-separated integers) and 'target' (an integer)")
+        raise NotApplicable("countdown needs metadata 'numbers' (integers, comma-separated or a JSON list) and "
+                            "'target' (an integer)")
     fmt = countdown_format(completion)
     # A number longer than an equation may be can never be written, nor a value that long reached.
     reachable = max(len(n) for n in [target, *numbers]) <= MAX_EQUATION_CHARS

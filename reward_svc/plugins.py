@@ -2,9 +2,12 @@
 
 The function is named `module:function` and called as TRL calls reward
 functions: `fn(prompts=[...], completions=[...], reference=[...], **columns)`,
-where each metadata key of the samples is a column (None where a sample lacks
-it). It returns one float, or None for "not applicable", per completion, and may
-be `async`. Each call runs in a separate process with a memory limit and a time
+where each column of the samples is a keyword (None where a sample lacks it),
+with its type when the samples carry typed columns (a dataset's: numbers stay
+numbers, lists stay lists), as text otherwise; a prompt given to the model as a
+conversation is its list of {role, content} messages, as TRL passes it. It
+returns one float, or None for "not applicable", per completion, and may be
+`async`. Each call runs in a separate process with a memory limit and a time
 limit, confined to reading its own folder (see confinement.py), so a grader that
 hangs, leaks, crashes or reaches outside costs the samples it was scoring, never
 the reward service: a call over several samples that fails as a whole is retried
@@ -27,18 +30,21 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
+from hatchery.service.prompts import model_input, struct_values
+from hatchery.v1 import reward_pb2
 from reward_svc.confinement import confine_by_hook, confine_by_kernel, scrub_environment
-from reward_svc.graders import Outcome, SampleLike, Status
+from reward_svc.graders import Outcome, Status
 
 log = logging.getLogger("hatchery.reward.plugins")
 START_TIMEOUT_SECONDS = 60.0
 
 
-def _columns(samples: Sequence[SampleLike]) -> dict[str, list[Any]]:
-    keys = sorted({k for s in samples for k in s.metadata})
-    columns: dict[str, list[Any]] = {k: [s.metadata.get(k) for s in samples] for k in keys}
-    columns["reference"] = [s.reference for s in samples]
-    return columns
+def _keywords(samples: Sequence[reward_pb2.Sample]) -> dict[str, list[Any]]:
+    """The plug-in's keyword arguments: one list per column, typed where the samples are."""
+    rows = [struct_values(s.columns) if s.HasField("columns") else dict(s.metadata) for s in samples]
+    keys = sorted({k for row in rows for k in row})
+    return {"prompts": [model_input(s) for s in samples], "completions": [s.completion for s in samples],
+            **{k: [row.get(k) for row in rows] for k in keys}, "reference": [s.reference for s in samples]}
 
 
 def _child(conn: Connection, function: str, path: str, memory_mb: int, confined: bool) -> None:
@@ -147,20 +153,19 @@ class PluginGrader:
         self._pool = ThreadPoolExecutor(max_workers=processes, thread_name_prefix="reward-plugin")
         self._processes = processes
 
-    def score(self, samples: Sequence[SampleLike]) -> list[Outcome]:
+    def score(self, samples: Sequence[reward_pb2.Sample]) -> list[Outcome]:
         chunks = [samples[i:i + self.batch_size] for i in range(0, len(samples), self.batch_size)]
         return [o for chunk in self._pool.map(self._score_chunk, chunks) for o in chunk]
 
-    def _score_chunk(self, samples: Sequence[SampleLike]) -> list[Outcome]:
+    def _score_chunk(self, samples: Sequence[reward_pb2.Sample]) -> list[Outcome]:
         """One call for the chunk; if the call fails as a whole, one call per sample."""
         outcomes = self._call(samples)
         if len(samples) > 1 and all(o.status in (Status.FAILED, Status.TIMED_OUT) for o in outcomes):
             return [self._call([s])[0] for s in samples]
         return outcomes
 
-    def _call(self, samples: Sequence[SampleLike]) -> list[Outcome]:
-        kwargs = {"prompts": [s.prompt for s in samples], "completions": [s.completion for s in samples],
-                  **_columns(samples)}
+    def _call(self, samples: Sequence[reward_pb2.Sample]) -> list[Outcome]:
+        kwargs = _keywords(samples)
         proc = self._idle.get()
         try:
             proc = proc or _Process(self.function, self.path, self.memory_mb, self.confined)

@@ -23,6 +23,7 @@ MAX_SAMPLES = 4096
 MAX_TEXT_CHARS = 1 << 20
 MAX_METADATA_ENTRIES = 64
 MAX_METADATA_CHARS = 1 << 16
+MAX_MESSAGES = 256
 MAX_GRADER_NAME = 256
 STATUS = {Status.OK: pb.SCORE_STATUS_OK, Status.FAILED: pb.SCORE_STATUS_FAILED,
           Status.TIMED_OUT: pb.SCORE_STATUS_TIMED_OUT, Status.NOT_APPLICABLE: pb.SCORE_STATUS_NOT_APPLICABLE}
@@ -55,6 +56,12 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
                 raise ValueError(f"sample {i}: {len(s.metadata)} metadata entries; the limit is {MAX_METADATA_ENTRIES}")
             if any(len(k) + len(v) > MAX_METADATA_CHARS for k, v in s.metadata.items()):
                 raise ValueError(f"sample {i}: a metadata entry is longer than {MAX_METADATA_CHARS} characters")
+            if len(s.columns.fields) > MAX_METADATA_ENTRIES or s.columns.ByteSize() > MAX_TEXT_CHARS:
+                raise ValueError(f"sample {i}: over {MAX_METADATA_ENTRIES} columns, or over {MAX_TEXT_CHARS} bytes "
+                                 "of them")
+            if len(s.messages) > MAX_MESSAGES or any(len(m.content) > MAX_TEXT_CHARS for m in s.messages):
+                raise ValueError(f"sample {i}: over {MAX_MESSAGES} messages, or one longer than "
+                                 f"{MAX_TEXT_CHARS} characters")
         started = time.perf_counter()
         outcomes = self.graders[name].score(request.samples)
         REWARD_DURATION.labels(name).observe(time.perf_counter() - started)

@@ -17,6 +17,7 @@ const { version } = require('./package.json');
 const PROTOS = path.join(__dirname, '..', '..', 'protos');
 const STATUS = { OK: 1, FAILED: 2, NOT_APPLICABLE: 4 }; // hatchery.v1.ScoreStatus
 const MAX_SAMPLES = 4096, MAX_TEXT_CHARS = 1 << 20, MAX_METADATA_ENTRIES = 64, MAX_METADATA_CHARS = 1 << 16;
+const MAX_MESSAGES = 256;
 const MAX_EQUATION_CHARS = 1000, MAX_NESTING = 100;
 
 class NotApplicable extends Error {} // the grader does not apply to this sample
@@ -86,6 +87,26 @@ function evaluateEquation(equation) {
   return value;
 }
 
+// ---------- typed columns: Sample.columns, a google.protobuf.Struct ----------
+
+function plainValue(value) { // a google.protobuf.Value as proto-loader decodes it (oneofs: true), as plain JS
+  switch (value?.kind) {
+    case 'numberValue': case 'stringValue': case 'boolValue': return value[value.kind];
+    case 'listValue': return (value.listValue.values ?? []).map(plainValue);
+    case 'structValue': return plainColumns(value.structValue);
+    default: return null;
+  }
+}
+
+function plainColumns(struct) { // {} when the sample has none (the generated tasks, older clients)
+  return Object.fromEntries(Object.entries(struct?.fields ?? {}).map(([k, v]) => [k, plainValue(v)]));
+}
+
+function asIntegerText(value) { // an integer column's number as its digits; anything else is no integer
+  if (typeof value === 'string') return value;
+  return Number.isSafeInteger(value) ? String(value) : '';
+}
+
 // ---------- the graders: sample -> {score, sub_scores}; throw NotApplicable, or anything else for FAILED ----------
 
 function countdownFormat(response) { // the prompt ends with <think>, so the response continues it
@@ -116,11 +137,15 @@ const GRADERS = {
     const found = /-?[0-9]+/.exec(completion);
     return { score: found && canonicalInteger(found[0]) === expected ? 1.0 : 0.0 };
   },
-  countdown({ completion, metadata }) { // Qiu et al. 2025: 0.1 x format + answer
-    const numbers = (metadata.numbers ?? '').split(',').map(canonicalInteger);
-    const target = canonicalInteger(metadata.target ?? '');
+  countdown({ completion, metadata, columns }) { // Qiu et al. 2025: 0.1 x format + answer
+    const typed = plainColumns(columns); // a dataset's columns with their types, when the sample has them
+    const listed = Array.isArray(typed.numbers) ? typed.numbers.map(asIntegerText)
+      : (metadata.numbers ?? '').split(',');
+    const numbers = listed.map(canonicalInteger);
+    const target = canonicalInteger(typed.target !== undefined ? asIntegerText(typed.target) : metadata.target ?? '');
     if (target === null || numbers.includes(null)) {
-      throw new NotApplicable("countdown needs metadata 'numbers' (comma-separated integers) and 'target' (an integer)");
+      throw new NotApplicable("countdown needs columns 'numbers' (integers, comma-separated or a list) and " +
+        "'target' (an integer)");
     }
     const format = countdownFormat(completion), answer = countdownAnswer(completion, numbers, BigInt(target));
     return { score: 0.1 * format + answer, sub_scores: { format, answer } };
@@ -163,6 +188,12 @@ function checkRequest(name, samples) { // the Python service's limits: a message
     }
     if (entries.some(([k, v]) => longer(k + v, MAX_METADATA_CHARS))) {
       return `sample ${i}: a metadata entry is longer than ${MAX_METADATA_CHARS} characters`;
+    }
+    if (Object.keys(s.columns?.fields ?? {}).length > MAX_METADATA_ENTRIES) {
+      return `sample ${i}: over ${MAX_METADATA_ENTRIES} columns`;
+    }
+    if (s.messages.length > MAX_MESSAGES || s.messages.some((m) => longer(m.content, MAX_TEXT_CHARS))) {
+      return `sample ${i}: over ${MAX_MESSAGES} messages, or one longer than ${MAX_TEXT_CHARS} characters`;
     }
   }
   return null;
@@ -220,7 +251,7 @@ function parseFlags(argv) {
 function main() {
   const flags = parseFlags(process.argv.slice(2));
   const definition = protoLoader.loadSync('hatchery/v1/reward.proto',
-    { includeDirs: [PROTOS], keepCase: true, defaults: true });
+    { includeDirs: [PROTOS], keepCase: true, defaults: true, oneofs: true });
   const { RewardService } = grpc.loadPackageDefinition(definition).hatchery.v1;
   const server = new grpc.Server({ // the message size limit of every Hatchery service
     'grpc.max_receive_message_length': 64 << 20, 'grpc.max_send_message_length': 64 << 20 });

@@ -42,10 +42,13 @@ class TaskConfig:
     train: Any = ""  # a .jsonl .json .parquet .csv .arrow file, a save_to_disk folder, a glob, or a list of these
     heldout: Any = ""  # the same; empty: heldout_size (or heldout_fraction) rows split off train with task.seed
     heldout_fraction: float = 0.0  # > 0: this share of train is held out instead of heldout_size rows
-    prompt_key: str = "prompt"  # the column of prompts (text)
+    prompt_key: str = "prompt"  # the column of prompts: text, or conversations (lists of {role, content})
     reference_key: str = ""  # the column of reference answers; empty: none
     metadata_keys: Any = "all"  # "all" (every other column) or a list: the columns handed to graders
     allow_heldout_in_train: bool = False  # a held-out prompt that is also a training prompt is refused otherwise
+    system_prompt: str = ""  # any task: given as a system message before each plain-text prompt
+    max_prompt_tokens: int = 0  # a dataset's prompts after the chat template; 0: model's context - max_new_tokens
+    long_prompts: str = "refuse"  # or "skip": leave out the prompts longer than max_prompt_tokens
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,11 @@ def validate(cfg: RunConfig) -> RunConfig:
           "must be a PEFT adapter folder (with adapter_config.json)", cfg.model.adapter)
     check(cfg.task.name in TASKS or cfg.task.name == "dataset", "task.name",
           f"must be one of {sorted(TASKS)} or dataset", cfg.task.name)
+    check(cfg.task.max_prompt_tokens >= 0, "task.max_prompt_tokens", "must be >= 0", cfg.task.max_prompt_tokens)
+    check(cfg.task.long_prompts in ("refuse", "skip"), "task.long_prompts", "must be refuse or skip",
+          cfg.task.long_prompts)
+    check(not cfg.task.system_prompt or cfg.task.chat_template, "task.system_prompt",
+          "needs task.chat_template: true (a system message is part of the chat template)", cfg.task.system_prompt)
     _validate_data(cfg)
     check(cfg.task.heldout_size >= 1, "task.heldout_size", "must be >= 1", cfg.task.heldout_size)
     check(cfg.task.max_new_tokens >= 0, "task.max_new_tokens", "must be >= 0", cfg.task.max_new_tokens)
@@ -180,7 +188,7 @@ def _validate_data(cfg: RunConfig) -> None:
           "task.metadata_keys", "must be 'all' or a list of column names", task.metadata_keys)
     from hatchery.core.prompt_data import dataset_task  # reads the files: only for dataset runs
 
-    dataset_task(task)
+    dataset_task(cfg)
 
 
 def _validate_reward(cfg: RunConfig) -> None:

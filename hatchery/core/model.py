@@ -7,7 +7,7 @@ import importlib.util
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     LogitsProcessor,
@@ -84,6 +85,11 @@ def load_tokenizer(path: Path | str) -> PreTrainedTokenizerBase:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def context_length(path: Path | str) -> int | None:
+    """The most tokens the model reads at once, as its config states it; None if it does not."""
+    return getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
 
 
 def load_model(path: Path | str, dtype: str = "float32") -> LoadedModel:
@@ -178,11 +184,23 @@ class RowGroups:
     weights: Callable[[int], AbstractContextManager] = lambda rows_per_group: nullcontext()
 
 
-def format_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], chat_template: bool) -> list[str]:
+Prompt = str | Sequence[Mapping[str, str]]  # a user message, or a conversation of {role, content}
+
+
+def format_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], chat_template: bool) -> list[str]:
+    """The text the model reads. A conversation that ends with an assistant message is
+    continued (the model completes that message), as TRL does."""
     if not chat_template:
-        return list(prompts)
-    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                          add_generation_prompt=True) for p in prompts]
+        if not all(isinstance(p, str) for p in prompts):
+            raise ValueError("a conversation needs the chat template (task.chat_template: true)")
+        return list(prompts)  # type: ignore[arg-type]
+    texts = []
+    for p in prompts:
+        messages = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
+        go_on = messages[-1]["role"] == "assistant"
+        texts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=not go_on,
+                                                   continue_final_message=go_on))
+    return texts
 
 
 def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
@@ -219,7 +237,7 @@ def check_temperature(temperature: float) -> None:
 
 
 @torch.inference_mode()
-def generate(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int, temperature: float = 0.0,
+def generate(lm: LoadedModel, prompts: Sequence[Prompt], max_new_tokens: int, temperature: float = 0.0,
              chat_template: bool = True, *, settled: Callable[[str], bool] | None = None,
              groups: RowGroups | None = None,
              sampling_seed: int | None = None, interrupt: threading.Event | None = None) -> Completions:

@@ -14,19 +14,24 @@ import json
 import os
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hatchery.core.model import context_length, format_prompts, load_tokenizer, resolve_model
 from hatchery.core.schema import ConfigError
 from hatchery.core.tasks import Task, TaskPrompt, load_task
 
 if TYPE_CHECKING:
     import datasets
 
-    from hatchery.core.config import TaskConfig
+    from hatchery.core.config import RunConfig, TaskConfig
 
 FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 DEFAULT_MAX_NEW_TOKENS = 256
+MESSAGE_ROLES = ("system", "user", "assistant")
+EXACT_INTEGERS = 2**53  # a typed column is a JSON number (a double): whole numbers up to this are exact
+LENGTH_BATCH = 1024  # prompts templated and tokenized at a time when their lengths are checked
 
 
 def data_files(spec: Any, key: str) -> list[str]:
@@ -89,46 +94,150 @@ def _check_columns(ds: datasets.Dataset, key: str, spec: Any, task: TaskConfig) 
     return list(task.metadata_keys)
 
 
-def _check_prompts(ds: datasets.Dataset, key: str, spec: Any, column: str) -> None:
-    """Every prompt a non-empty string, checked over the whole column at once."""
+def _check_prompts(ds: datasets.Dataset, key: str, spec: Any, column: str) -> bool:
+    """Every prompt a non-empty string, or every one a conversation (then True), checked
+    over the whole column at once."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    values = ds.data.column(column)
+    values = ds.data.column(column).combine_chunks()
     where = f"{_where(spec)}, column {column!r}"
+    if pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
+        _check_messages(values, f"{key}: {where}")
+        return True
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
-        raise ConfigError(f"{key}: {where} holds {values.type}, not text (conversational prompts, lists of "
-                          "messages, are not read yet)")
+        raise ConfigError(f"{key}: {where} holds {values.type}, not text or a list of {{role, content}} messages")
     bad = pc.or_kleene(pc.is_null(values), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(values)), 0))
     first = pc.index(bad, True).as_py()
     if first >= 0:
         raise ConfigError(f"{key}: {where}, row {first + 1}: the prompt is empty or missing")
+    return False
+
+
+def _check_messages(values: Any, where: str) -> None:
+    """Conversations: each a non-empty list of {role, content} with a known role, text
+    content and at least one user message."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(values.type.value_type, pa.BaseExtensionType):  # datasets keeps messages of varying shape as JSON
+        flat = pc.list_flatten(values)
+        try:
+            messages = pa.array([None if m is None else json.loads(m) for m in flat.storage.to_pylist()])
+        except (pa.ArrowException, ValueError, TypeError):
+            raise ConfigError(f"{where}: a conversation must be a list of {{role, content}} objects") from None
+        values = pa.ListArray.from_arrays(pc.subtract(values.offsets, values.offsets[0]), messages,
+                                          mask=values.is_null())
+    item = values.type.value_type
+    names = [f.name for f in item] if pa.types.is_struct(item) else []
+    if "role" not in names or "content" not in names:
+        raise ConfigError(f"{where}: a conversation's messages need 'role' and 'content', they have "
+                          f"{names or item}")
+    lengths = pc.fill_null(pc.list_value_length(values), 0).to_numpy(zero_copy_only=False)
+    if (lengths == 0).any():
+        raise ConfigError(f"{where}, row {int(np.argmax(lengths == 0)) + 1}: the prompt is an empty conversation")
+    flat, rows = pc.list_flatten(values), pc.list_parent_indices(values).to_numpy()
+    starts = values.offsets.to_numpy()
+    role, content = pc.struct_field(flat, "role"), pc.struct_field(flat, "content")
+
+    def refuse(mask: Any, problem: str) -> None:
+        i = pc.index(pc.fill_null(mask, True), True).as_py()
+        if i >= 0:
+            row = int(rows[i])
+            raise ConfigError(f"{where}, row {row + 1}, message {i - int(starts[row]) + 1}: {problem}")
+
+    if not pa.types.is_string(content.type):
+        raise ConfigError(f"{where}: message content holds {content.type}, not text")
+    refuse(pc.is_null(flat), "a message is missing")
+    refuse(pc.invert(pc.is_in(role, value_set=pa.array(MESSAGE_ROLES))),
+           f"the role must be one of {', '.join(MESSAGE_ROLES)}")
+    refuse(pc.is_null(content), "the message has no content")
+    users = np.bincount(rows, weights=pc.equal(role, "user").to_numpy(zero_copy_only=False), minlength=len(values))
+    if (users == 0).any():
+        raise ConfigError(f"{where}, row {int(np.argmax(users == 0)) + 1}: the conversation has no user message")
+
+
+def _check_typed(ds: datasets.Dataset, key: str, spec: Any, columns: list[str]) -> None:
+    """Columns reach graders with their types: binary data cannot, and integers beyond
+    2^53 would arrive rounded (a typed column is a JSON number)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for column in columns:
+        values = ds.data.column(column)
+        where = f"{key}: {_where(spec)}, column {column!r}"
+        if pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type) \
+                or pa.types.is_fixed_size_binary(values.type):
+            raise ConfigError(f"{where} holds binary data, which graders cannot receive; leave it out with "
+                              "task.metadata_keys")
+        if values.type in (pa.int64(), pa.uint64()):  # narrower integers are exact as doubles
+            too_big = pc.greater(values, pa.scalar(EXACT_INTEGERS, values.type))
+            if values.type == pa.int64():
+                too_big = pc.or_(too_big, pc.less(values, pa.scalar(-EXACT_INTEGERS, values.type)))
+            first = pc.index(pc.fill_null(too_big, False), True).as_py()
+            if first >= 0:
+                raise ConfigError(f"{where}, row {first + 1}: {values[first].as_py()} is beyond 2^53, which "
+                                  "graders would receive rounded; store such numbers as text")
+
+
+def _plain(value: Any) -> Any:
+    """A column's value as JSON holds it: dates, decimals and the like as their text."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return str(value)
 
 
 def _text(value: Any) -> str:
     """A column's value as the graders' string metadata: text as is, anything else as JSON."""
-    if isinstance(value, str):
-        return value
-    return "" if value is None else json.dumps(value, default=str)
+    return value if isinstance(value, str) else "" if value is None else json.dumps(value)
+
+
+@dataclass(frozen=True)
+class PromptColumns:
+    """Which columns make a TaskPrompt, and the system prompt plain prompts get."""
+
+    prompt: str
+    reference: str
+    metadata: list[str]
+    system_prompt: str = ""
 
 
 class RowPrompts(Sequence[TaskPrompt]):
-    """TaskPrompts read from the table on demand: no Python object per row is kept."""
+    """TaskPrompts read from the table on demand, a batch of rows at a time: no Python
+    object per row is kept."""
 
-    def __init__(self, ds: datasets.Dataset, rows: Sequence[int], prompt_key: str, reference_key: str,
-                 metadata_keys: list[str]):
-        self.ds, self.rows = ds, rows
-        self.prompt_key, self.reference_key, self.metadata_keys = prompt_key, reference_key, metadata_keys
+    def __init__(self, ds: datasets.Dataset, rows: Sequence[int], columns: PromptColumns):
+        self.ds, self.rows, self.columns = ds, rows, columns
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        row = self.ds[int(self.rows[i])]
-        return TaskPrompt(row[self.prompt_key], _text(row[self.reference_key]) if self.reference_key else "",
-                          {k: _text(row[k]) for k in self.metadata_keys})
+            return self._read([self.rows[j] for j in range(*i.indices(len(self)))])
+        return self._read([self.rows[i]])[0]
+
+    def _read(self, rows: list[int]) -> list[TaskPrompt]:
+        c = self.columns
+        batch = self.ds[[int(r) for r in rows]]  # one Arrow take: a dict of columns
+        prompts = []
+        for j, prompt in enumerate(batch[c.prompt]):
+            typed = {k: _plain(batch[k][j]) for k in c.metadata}
+            reference = _text(_plain(batch[c.reference][j])) if c.reference else ""
+            metadata = {k: _text(v) for k, v in typed.items()}
+            if isinstance(prompt, str):
+                p = TaskPrompt(prompt, reference, metadata, typed)
+                prompts.append(p.with_system_prompt(c.system_prompt) if c.system_prompt else p)
+            else:
+                messages = tuple({"role": m["role"], "content": m["content"]} for m in prompt)
+                text = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+                prompts.append(TaskPrompt(text, reference, metadata, typed, messages))
+        return prompts
 
 
 # Tasks already read and checked in this process, by config and file state: the optimizer checks
@@ -136,53 +245,123 @@ class RowPrompts(Sequence[TaskPrompt]):
 _read: dict[tuple, Task] = {}
 
 
-def dataset_task(task: TaskConfig) -> Task:
-    """The run's prompts from task.train (and task.heldout, or a seeded split of train)."""
+def dataset_task(cfg: RunConfig) -> Task:
+    """The run's prompts from task.train (and task.heldout, or a seeded split of train),
+    each no longer than the model may read."""
+    task = cfg.task
     files = [data_files(spec, f"task.{key}") for key, spec in (("train", task.train), ("heldout", task.heldout))
              if spec]
     state = tuple((p, os.stat(p).st_mtime_ns, os.stat(p).st_size) for paths in files for p in paths)
-    key = (repr(task), state)
+    key = (repr(task), cfg.model.source, state)
     if key not in _read:
-        _read[key] = _read_task(task)
+        _read[key] = _read_task(cfg)
     return _read[key]
 
 
-def _read_task(task: TaskConfig) -> Task:
+def _read_task(cfg: RunConfig) -> Task:
+    task = cfg.task
     train = open_data(task.train, "task.train")
-    metadata_keys = _check_columns(train, "task.train", task.train, task)
-    _check_prompts(train, "task.train", task.train, task.prompt_key)
-    keys = (task.prompt_key, task.reference_key, metadata_keys)
+    columns = PromptColumns(task.prompt_key, task.reference_key, _check_columns(train, "task.train", task.train, task),
+                            task.system_prompt)
+    _check_typed(train, "task.train", task.train, columns.metadata)
+    conversational = _check_prompts(train, "task.train", task.train, task.prompt_key)
+    if conversational and task.system_prompt:
+        raise ConfigError(f"task.system_prompt: the prompts of {_where(task.train)} are conversations; "
+                          "give them a system message of their own instead")
+    if conversational and not task.chat_template:
+        raise ConfigError(f"task.chat_template: the prompts of {_where(task.train)} are conversations, which the "
+                          "model reads through its chat template; set it to true")
+    max_new_tokens = task.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    limit = _prompt_token_limit(cfg, max_new_tokens)
     if task.heldout:
         heldout = open_data(task.heldout, "task.heldout")
-        if _check_columns(heldout, "task.heldout", task.heldout, task) != metadata_keys:
+        if _check_columns(heldout, "task.heldout", task.heldout, task) != columns.metadata:
             raise ConfigError(f"task.heldout: its columns {heldout.column_names} are not train's "
                               f"{train.column_names}")
-        _check_prompts(heldout, "task.heldout", task.heldout, task.prompt_key)
+        _check_typed(heldout, "task.heldout", task.heldout, columns.metadata)
+        if _check_prompts(heldout, "task.heldout", task.heldout, task.prompt_key) != conversational:
+            raise ConfigError("task.heldout: its prompts and train's must both be text or both conversations")
         _refuse_overlap(train, heldout, task)
-        train_rows: Sequence[int] = range(len(train))
-        return Task("dataset", "", RowPrompts(train, train_rows, *keys),
-                    RowPrompts(heldout, range(len(heldout)), *keys), task.max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
+        return Task("dataset", "", limit.fit(RowPrompts(train, range(len(train)), columns), "task.train", task.train),
+                    limit.fit(RowPrompts(heldout, range(len(heldout)), columns), "task.heldout", task.heldout),
+                    max_new_tokens)
     size = round(task.heldout_fraction * len(train)) if task.heldout_fraction else task.heldout_size
     if not 0 < size < len(train):
         raise ConfigError(f"task.heldout_size: {_where(task.train)} has {len(train)} rows; the held-out split "
                           f"must leave 1 to {len(train) - 1} of them, got {size}")
     order = list(range(len(train)))
     random.Random(task.seed).shuffle(order)
-    return Task("dataset", "", RowPrompts(train, sorted(order[size:]), *keys),
-                RowPrompts(train, sorted(order[:size]), *keys), task.max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
+    return Task("dataset", "", limit.fit(RowPrompts(train, sorted(order[size:]), columns), "task.train", task.train),
+                limit.fit(RowPrompts(train, sorted(order[:size]), columns), "task.train", task.train), max_new_tokens)
+
+
+@dataclass(frozen=True)
+class _TokenLimit:
+    """The longest prompt, in tokens after the chat template, that a run takes."""
+
+    tokens: int
+    tokenizer: Any
+    chat_template: bool
+    skip: bool  # task.long_prompts: skip (else refuse)
+
+    def fit(self, prompts: RowPrompts, key: str, spec: Any) -> RowPrompts:
+        """The rows whose prompts fit; a longer one is refused by its row, or skipped."""
+        kept: list[int] = []
+        for start in range(0, len(prompts), LENGTH_BATCH):
+            batch = prompts[start:start + LENGTH_BATCH]
+            texts = format_prompts(self.tokenizer, [p.model_input for p in batch], self.chat_template)
+            for j, ids in enumerate(self.tokenizer(texts, add_special_tokens=False)["input_ids"]):
+                row = prompts.rows[start + j]
+                if len(ids) <= self.tokens:
+                    kept.append(row)
+                elif not self.skip:
+                    raise ConfigError(f"{key}: {_where(spec)}, row {row + 1}: the prompt is {len(ids)} tokens after "
+                                      f"the chat template; task.max_prompt_tokens allows {self.tokens} "
+                                      "(or set task.long_prompts: skip)")
+        if not kept:
+            raise ConfigError(f"{key}: every prompt of {_where(spec)} is longer than {self.tokens} tokens")
+        return RowPrompts(prompts.ds, kept, prompts.columns)
+
+
+def _prompt_token_limit(cfg: RunConfig, max_new_tokens: int) -> _TokenLimit:
+    """task.max_prompt_tokens, or the model's context less max_new_tokens."""
+    path = resolve_model(cfg.model.source)
+    tokens = cfg.task.max_prompt_tokens
+    if not tokens:
+        context = context_length(path)
+        if context is None:
+            raise ConfigError(f"task.max_prompt_tokens: {cfg.model.source} states no context length; set it")
+        tokens = context - max_new_tokens
+        if tokens < 1:
+            raise ConfigError(f"task.max_new_tokens: {max_new_tokens} leaves no room for a prompt in the model's "
+                              f"context of {context} tokens")
+    return _TokenLimit(tokens, load_tokenizer(path), cfg.task.chat_template, cfg.task.long_prompts == "skip")
 
 
 def _refuse_overlap(train: datasets.Dataset, heldout: datasets.Dataset, task: TaskConfig) -> None:
     """Held-out prompts that are also training prompts would measure memory, not skill."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
-    trained = train.data.column(task.prompt_key).combine_chunks()
-    count = pc.sum(pc.is_in(heldout.data.column(task.prompt_key), value_set=trained)).as_py() or 0
+    def prompts(ds: datasets.Dataset) -> Any:
+        column = ds.data.column(task.prompt_key).combine_chunks()
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            return column
+        return pa.array([json.dumps([[m["role"], m["content"]] for m in chat]) for chat in ds[task.prompt_key]])
+
+    count = pc.sum(pc.is_in(prompts(heldout), value_set=prompts(train))).as_py() or 0
     if count and not task.allow_heldout_in_train:
         raise ConfigError(f"task.heldout: {count} of its {len(heldout)} prompts are also in task.train; "
                           "remove them, or set task.allow_heldout_in_train: true")
 
 
-def run_task(task: TaskConfig) -> Task:
+def run_task(cfg: RunConfig) -> Task:
     """The task a run's config names: a generated one (arith, countdown) or its dataset."""
-    return dataset_task(task) if task.name == "dataset" else load_task(task.name, task.seed, task.heldout_size)
+    task = cfg.task
+    if task.name == "dataset":
+        return dataset_task(cfg)
+    generated = load_task(task.name, task.seed, task.heldout_size)
+    if not task.system_prompt:
+        return generated
+    return replace(generated, train=[p.with_system_prompt(task.system_prompt) for p in generated.train],
+                   heldout=[p.with_system_prompt(task.system_prompt) for p in generated.heldout])

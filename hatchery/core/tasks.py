@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 
 @dataclass(frozen=True)
 class TaskPrompt:
-    text: str
+    text: str  # the user message; for a conversation, the content of its last user message
     reference: str = ""
-    metadata: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)  # columns as text, for graders that read strings
+    columns: dict[str, Any] = field(default_factory=dict)  # the same with their types (a dataset's)
+    messages: tuple[dict[str, str], ...] = ()  # the conversation the model is given, when the prompt is one
+
+    @property
+    def model_input(self) -> str | list[dict[str, str]]:
+        """What the chat template is applied to: the conversation, or the text alone."""
+        return list(self.messages) or self.text
+
+    def with_system_prompt(self, system_prompt: str) -> TaskPrompt:
+        return replace(self, messages=({"role": "system", "content": system_prompt},
+                                       {"role": "user", "content": self.text}))
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from hatchery.v1 import reward_pb2 as hatchery_dot_v1_dot_reward__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bhatchery/v1/optimizer.proto\x12\x0bhatchery.v1\x1a\x18hatchery/v1/reward.proto\" \n\x0bJoinRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"\xfc\x01\n\x0cJoinResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x17\n\x0f\x62\x61se_model_path\x18\x02 \x01(\t\x12#\n\x02\x65s\x18\x03 \x01(\x0b\x32\x17.hatchery.v1.EsSettings\x12\x0e\n\x06grader\x18\x04 \x01(\t\x12/\n\ncheckpoint\x18\x05 \x01(\x0b\x32\x1b.hatchery.v1.CheckpointInfo\x12+\n\x06reward\x18\x06 \x01(\x0b\x32\x1b.hatchery.v1.RewardSettings\x12\x30\n\x10\x62\x61se_model_files\x18\x07 \x03(\x0b\x32\x16.hatchery.v1.ModelFile\"=\n\tModelFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"%\n\x15\x46\x65tchModelFileRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"}\n\x0eRewardSettings\x12-\n\x08services\x18\x01 \x03(\x0b\x32\x1b.hatchery.v1.RewardEndpoint\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\x12\x0f\n\x07retries\x18\x03 \x01(\r\x12\x12\n\nbatch_size\x18\x04 \x01(\r\"V\n\x0eRewardEndpoint\x12\x11\n\taddresses\x18\x01 \x03(\t\x12\x0e\n\x06grader\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x11\n\ttoken_env\x18\x04 \x01(\t\"F\n\x0e\x43heckpointInfo\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\",\n\x16\x46\x65tchCheckpointRequest\x12\x12\n\ngeneration\x18\x01 \x01(\x04\"C\n\x0f\x43heckpointChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\"\x86\x02\n\nEsSettings\x12\x0c\n\x04seed\x18\x01 \x01(\x04\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12\x12\n\npopulation\x18\x03 \x01(\r\x12\x13\n\x0bnoise_reuse\x18\x04 \x01(\r\x12\x16\n\x0etarget_modules\x18\x05 \x03(\t\x12\x17\n\x0f\x65xclude_modules\x18\x06 \x03(\t\x12\x11\n\toptimizer\x18\x07 \x01(\t\x12\x12\n\nadam_beta1\x18\x08 \x01(\x01\x12\x12\n\nadam_beta2\x18\t \x01(\x01\x12\x10\n\x08\x61\x64\x61m_eps\x18\n \x01(\x01\x12\x14\n\x0cweight_decay\x18\x0b \x01(\x01\x12\r\n\x05\x64type\x18\x0c \x01(\t\x12\x10\n\x08momentum\x18\r \x01(\x01\"?\n\x0eGetWorkRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x1a\n\x12\x61pplied_generation\x18\x02 \x01(\x04\"\x8f\x01\n\x0fGetWorkResponse\x12*\n\x07updates\x18\x01 \x03(\x0b\x32\x19.hatchery.v1.UpdateRecord\x12!\n\x05lease\x18\x02 \x01(\x0b\x32\x12.hatchery.v1.Lease\x12\x1b\n\x13retry_after_seconds\x18\x03 \x01(\x01\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\"c\n\x0cUpdateRecord\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x13\n\x0bnoise_epoch\x18\x02 \x01(\x04\x12\n\n\x02lr\x18\x03 \x01(\x01\x12\r\n\x05sigma\x18\x04 \x01(\x01\x12\x0f\n\x07\x66itness\x18\x05 \x03(\x01\"\x9e\x01\n\x06Prompt\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\treference\x18\x03 \x01(\t\x12\x33\n\x08metadata\x18\x04 \x03(\x0b\x32!.hatchery.v1.Prompt.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8f\x01\n\x08Sampling\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x01\x12\x15\n\rchat_template\x18\x03 \x01(\x08\x12\x11\n\tstop_rule\x18\x04 \x01(\t\x12\x1a\n\rsampling_seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x42\x10\n\x0e_sampling_seed\"\xf5\x01\n\x05Lease\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.hatchery.v1.LeaseKind\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x14\n\x0cmember_start\x18\x04 \x01(\r\x12\x12\n\nmember_end\x18\x05 \x01(\r\x12\r\n\x05sigma\x18\x06 \x01(\x01\x12$\n\x07prompts\x18\x07 \x03(\x0b\x32\x13.hatchery.v1.Prompt\x12\'\n\x08sampling\x18\x08 \x01(\x0b\x32\x15.hatchery.v1.Sampling\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\t \x01(\x01\"\xa3\x02\n\x13ReportResultRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x0f\n\x07rewards\x18\x04 \x03(\x01\x12*\n\x08statuses\x18\x05 \x03(\x0e\x32\x18.hatchery.v1.ScoreStatus\x12\x1b\n\x13weights_fingerprint\x18\x06 \x01(\t\x12\x18\n\x10generated_tokens\x18\x07 \x01(\x04\x12\x18\n\x10generate_seconds\x18\x08 \x01(\x01\x12\x16\n\x0ereward_seconds\x18\t \x01(\x01\x12\x16\n\x0eupdate_seconds\x18\n \x01(\x01\x12\x15\n\rnoise_seconds\x18\x0b \x01(\x01\"H\n\x14ReportResultResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06resync\x18\x03 \x01(\x08\":\n\x13ReleaseLeaseRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\"(\n\x14ReleaseLeaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"\x12\n\x10GetStatusRequest\"y\n\x11GenerationSummary\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x13\n\x0breward_mean\x18\x02 \x01(\x01\x12\x12\n\nreward_max\x18\x03 \x01(\x01\x12\x16\n\x0eheldout_reward\x18\x04 \x01(\x01\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\"w\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x18\n\x10leases_completed\x18\x02 \x01(\x04\x12\x1b\n\x13weights_fingerprint\x18\x03 \x01(\t\x12\x1d\n\x15last_seen_seconds_ago\x18\x04 \x01(\x01\"\x80\x03\n\x11GetStatusResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\x19\n\x11total_generations\x18\x03 \x01(\x04\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12/\n\x07history\x18\x05 \x03(\x0b\x32\x1e.hatchery.v1.GenerationSummary\x12*\n\x07workers\x18\x06 \x03(\x0b\x32\x19.hatchery.v1.WorkerStatus\x12\x1b\n\x13weights_fingerprint\x18\x07 \x01(\t\x12\x34\n\x0flast_checkpoint\x18\x08 \x01(\x0b\x32\x1b.hatchery.v1.CheckpointInfo\x12\x1e\n\x16\x66ingerprint_mismatches\x18\t \x01(\x04\x12\x1b\n\x13lease_reassignments\x18\n \x01(\x04\x12\x16\n\x0elease_releases\x18\x0b \x01(\x04\x12\x15\n\rworkers_total\x18\x0c \x01(\x04*R\n\tLeaseKind\x12\x1a\n\x16LEASE_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10LEASE_KIND_TRAIN\x10\x01\x12\x13\n\x0fLEASE_KIND_EVAL\x10\x02\x32\xb9\x04\n\x10OptimizerService\x12;\n\x04Join\x12\x18.hatchery.v1.JoinRequest\x1a\x19.hatchery.v1.JoinResponse\x12\x44\n\x07GetWork\x12\x1b.hatchery.v1.GetWorkRequest\x1a\x1c.hatchery.v1.GetWorkResponse\x12S\n\x0cReportResult\x12 .hatchery.v1.ReportResultRequest\x1a!.hatchery.v1.ReportResultResponse\x12S\n\x0cReleaseLease\x12 .hatchery.v1.ReleaseLeaseRequest\x1a!.hatchery.v1.ReleaseLeaseResponse\x12J\n\tGetStatus\x12\x1d.hatchery.v1.GetStatusRequest\x1a\x1e.hatchery.v1.GetStatusResponse\x12V\n\x0f\x46\x65tchCheckpoint\x12#.hatchery.v1.FetchCheckpointRequest\x1a\x1c.hatchery.v1.CheckpointChunk0\x01\x12T\n\x0e\x46\x65tchModelFile\x12\".hatchery.v1.FetchModelFileRequest\x1a\x1c.hatchery.v1.CheckpointChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bhatchery/v1/optimizer.proto\x12\x0bhatchery.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18hatchery/v1/reward.proto\" \n\x0bJoinRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"\xfc\x01\n\x0cJoinResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x17\n\x0f\x62\x61se_model_path\x18\x02 \x01(\t\x12#\n\x02\x65s\x18\x03 \x01(\x0b\x32\x17.hatchery.v1.EsSettings\x12\x0e\n\x06grader\x18\x04 \x01(\t\x12/\n\ncheckpoint\x18\x05 \x01(\x0b\x32\x1b.hatchery.v1.CheckpointInfo\x12+\n\x06reward\x18\x06 \x01(\x0b\x32\x1b.hatchery.v1.RewardSettings\x12\x30\n\x10\x62\x61se_model_files\x18\x07 \x03(\x0b\x32\x16.hatchery.v1.ModelFile\"=\n\tModelFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"%\n\x15\x46\x65tchModelFileRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"}\n\x0eRewardSettings\x12-\n\x08services\x18\x01 \x03(\x0b\x32\x1b.hatchery.v1.RewardEndpoint\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\x12\x0f\n\x07retries\x18\x03 \x01(\r\x12\x12\n\nbatch_size\x18\x04 \x01(\r\"V\n\x0eRewardEndpoint\x12\x11\n\taddresses\x18\x01 \x03(\t\x12\x0e\n\x06grader\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x11\n\ttoken_env\x18\x04 \x01(\t\"F\n\x0e\x43heckpointInfo\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\",\n\x16\x46\x65tchCheckpointRequest\x12\x12\n\ngeneration\x18\x01 \x01(\x04\"C\n\x0f\x43heckpointChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\"\x86\x02\n\nEsSettings\x12\x0c\n\x04seed\x18\x01 \x01(\x04\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12\x12\n\npopulation\x18\x03 \x01(\r\x12\x13\n\x0bnoise_reuse\x18\x04 \x01(\r\x12\x16\n\x0etarget_modules\x18\x05 \x03(\t\x12\x17\n\x0f\x65xclude_modules\x18\x06 \x03(\t\x12\x11\n\toptimizer\x18\x07 \x01(\t\x12\x12\n\nadam_beta1\x18\x08 \x01(\x01\x12\x12\n\nadam_beta2\x18\t \x01(\x01\x12\x10\n\x08\x61\x64\x61m_eps\x18\n \x01(\x01\x12\x14\n\x0cweight_decay\x18\x0b \x01(\x01\x12\r\n\x05\x64type\x18\x0c \x01(\t\x12\x10\n\x08momentum\x18\r \x01(\x01\"?\n\x0eGetWorkRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x1a\n\x12\x61pplied_generation\x18\x02 \x01(\x04\"\x8f\x01\n\x0fGetWorkResponse\x12*\n\x07updates\x18\x01 \x03(\x0b\x32\x19.hatchery.v1.UpdateRecord\x12!\n\x05lease\x18\x02 \x01(\x0b\x32\x12.hatchery.v1.Lease\x12\x1b\n\x13retry_after_seconds\x18\x03 \x01(\x01\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\"c\n\x0cUpdateRecord\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x13\n\x0bnoise_epoch\x18\x02 \x01(\x04\x12\n\n\x02lr\x18\x03 \x01(\x01\x12\r\n\x05sigma\x18\x04 \x01(\x01\x12\x0f\n\x07\x66itness\x18\x05 \x03(\x01\"\xf0\x01\n\x06Prompt\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\treference\x18\x03 \x01(\t\x12\x33\n\x08metadata\x18\x04 \x03(\x0b\x32!.hatchery.v1.Prompt.MetadataEntry\x12(\n\x07\x63olumns\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12&\n\x08messages\x18\x06 \x03(\x0b\x32\x14.hatchery.v1.Message\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8f\x01\n\x08Sampling\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x01\x12\x15\n\rchat_template\x18\x03 \x01(\x08\x12\x11\n\tstop_rule\x18\x04 \x01(\t\x12\x1a\n\rsampling_seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x42\x10\n\x0e_sampling_seed\"\xf5\x01\n\x05Lease\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.hatchery.v1.LeaseKind\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x14\n\x0cmember_start\x18\x04 \x01(\r\x12\x12\n\nmember_end\x18\x05 \x01(\r\x12\r\n\x05sigma\x18\x06 \x01(\x01\x12$\n\x07prompts\x18\x07 \x03(\x0b\x32\x13.hatchery.v1.Prompt\x12\'\n\x08sampling\x18\x08 \x01(\x0b\x32\x15.hatchery.v1.Sampling\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\t \x01(\x01\"\xa3\x02\n\x13ReportResultRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x0f\n\x07rewards\x18\x04 \x03(\x01\x12*\n\x08statuses\x18\x05 \x03(\x0e\x32\x18.hatchery.v1.ScoreStatus\x12\x1b\n\x13weights_fingerprint\x18\x06 \x01(\t\x12\x18\n\x10generated_tokens\x18\x07 \x01(\x04\x12\x18\n\x10generate_seconds\x18\x08 \x01(\x01\x12\x16\n\x0ereward_seconds\x18\t \x01(\x01\x12\x16\n\x0eupdate_seconds\x18\n \x01(\x01\x12\x15\n\rnoise_seconds\x18\x0b \x01(\x01\"H\n\x14ReportResultResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06resync\x18\x03 \x01(\x08\":\n\x13ReleaseLeaseRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\"(\n\x14ReleaseLeaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"\x12\n\x10GetStatusRequest\"y\n\x11GenerationSummary\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x13\n\x0breward_mean\x18\x02 \x01(\x01\x12\x12\n\nreward_max\x18\x03 \x01(\x01\x12\x16\n\x0eheldout_reward\x18\x04 \x01(\x01\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\"w\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x18\n\x10leases_completed\x18\x02 \x01(\x04\x12\x1b\n\x13weights_fingerprint\x18\x03 \x01(\t\x12\x1d\n\x15last_seen_seconds_ago\x18\x04 \x01(\x01\"\x80\x03\n\x11GetStatusResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\x19\n\x11total_generations\x18\x03 \x01(\x04\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12/\n\x07history\x18\x05 \x03(\x0b\x32\x1e.hatchery.v1.GenerationSummary\x12*\n\x07workers\x18\x06 \x03(\x0b\x32\x19.hatchery.v1.WorkerStatus\x12\x1b\n\x13weights_fingerprint\x18\x07 \x01(\t\x12\x34\n\x0flast_checkpoint\x18\x08 \x01(\x0b\x32\x1b.hatchery.v1.CheckpointInfo\x12\x1e\n\x16\x66ingerprint_mismatches\x18\t \x01(\x04\x12\x1b\n\x13lease_reassignments\x18\n \x01(\x04\x12\x16\n\x0elease_releases\x18\x0b \x01(\x04\x12\x15\n\rworkers_total\x18\x0c \x01(\x04*R\n\tLeaseKind\x12\x1a\n\x16LEASE_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10LEASE_KIND_TRAIN\x10\x01\x12\x13\n\x0fLEASE_KIND_EVAL\x10\x02\x32\xb9\x04\n\x10OptimizerService\x12;\n\x04Join\x12\x18.hatchery.v1.JoinRequest\x1a\x19.hatchery.v1.JoinResponse\x12\x44\n\x07GetWork\x12\x1b.hatchery.v1.GetWorkRequest\x1a\x1c.hatchery.v1.GetWorkResponse\x12S\n\x0cReportResult\x12 .hatchery.v1.ReportResultRequest\x1a!.hatchery.v1.ReportResultResponse\x12S\n\x0cReleaseLease\x12 .hatchery.v1.ReleaseLeaseRequest\x1a!.hatchery.v1.ReleaseLeaseResponse\x12J\n\tGetStatus\x12\x1d.hatchery.v1.GetStatusRequest\x1a\x1e.hatchery.v1.GetStatusResponse\x12V\n\x0f\x46\x65tchCheckpoint\x12#.hatchery.v1.FetchCheckpointRequest\x1a\x1c.hatchery.v1.CheckpointChunk0\x01\x12T\n\x0e\x46\x65tchModelFile\x12\".hatchery.v1.FetchModelFileRequest\x1a\x1c.hatchery.v1.CheckpointChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,58 +35,58 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROMPT_METADATAENTRY']._loaded_options = None
   _globals['_PROMPT_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_LEASEKIND']._serialized_start=3116
-  _globals['_LEASEKIND']._serialized_end=3198
-  _globals['_JOINREQUEST']._serialized_start=70
-  _globals['_JOINREQUEST']._serialized_end=102
-  _globals['_JOINRESPONSE']._serialized_start=105
-  _globals['_JOINRESPONSE']._serialized_end=357
-  _globals['_MODELFILE']._serialized_start=359
-  _globals['_MODELFILE']._serialized_end=420
-  _globals['_FETCHMODELFILEREQUEST']._serialized_start=422
-  _globals['_FETCHMODELFILEREQUEST']._serialized_end=459
-  _globals['_REWARDSETTINGS']._serialized_start=461
-  _globals['_REWARDSETTINGS']._serialized_end=586
-  _globals['_REWARDENDPOINT']._serialized_start=588
-  _globals['_REWARDENDPOINT']._serialized_end=674
-  _globals['_CHECKPOINTINFO']._serialized_start=676
-  _globals['_CHECKPOINTINFO']._serialized_end=746
-  _globals['_FETCHCHECKPOINTREQUEST']._serialized_start=748
-  _globals['_FETCHCHECKPOINTREQUEST']._serialized_end=792
-  _globals['_CHECKPOINTCHUNK']._serialized_start=794
-  _globals['_CHECKPOINTCHUNK']._serialized_end=861
-  _globals['_ESSETTINGS']._serialized_start=864
-  _globals['_ESSETTINGS']._serialized_end=1126
-  _globals['_GETWORKREQUEST']._serialized_start=1128
-  _globals['_GETWORKREQUEST']._serialized_end=1191
-  _globals['_GETWORKRESPONSE']._serialized_start=1194
-  _globals['_GETWORKRESPONSE']._serialized_end=1337
-  _globals['_UPDATERECORD']._serialized_start=1339
-  _globals['_UPDATERECORD']._serialized_end=1438
-  _globals['_PROMPT']._serialized_start=1441
-  _globals['_PROMPT']._serialized_end=1599
-  _globals['_PROMPT_METADATAENTRY']._serialized_start=1552
-  _globals['_PROMPT_METADATAENTRY']._serialized_end=1599
-  _globals['_SAMPLING']._serialized_start=1602
-  _globals['_SAMPLING']._serialized_end=1745
-  _globals['_LEASE']._serialized_start=1748
-  _globals['_LEASE']._serialized_end=1993
-  _globals['_REPORTRESULTREQUEST']._serialized_start=1996
-  _globals['_REPORTRESULTREQUEST']._serialized_end=2287
-  _globals['_REPORTRESULTRESPONSE']._serialized_start=2289
-  _globals['_REPORTRESULTRESPONSE']._serialized_end=2361
-  _globals['_RELEASELEASEREQUEST']._serialized_start=2363
-  _globals['_RELEASELEASEREQUEST']._serialized_end=2421
-  _globals['_RELEASELEASERESPONSE']._serialized_start=2423
-  _globals['_RELEASELEASERESPONSE']._serialized_end=2463
-  _globals['_GETSTATUSREQUEST']._serialized_start=2465
-  _globals['_GETSTATUSREQUEST']._serialized_end=2483
-  _globals['_GENERATIONSUMMARY']._serialized_start=2485
-  _globals['_GENERATIONSUMMARY']._serialized_end=2606
-  _globals['_WORKERSTATUS']._serialized_start=2608
-  _globals['_WORKERSTATUS']._serialized_end=2727
-  _globals['_GETSTATUSRESPONSE']._serialized_start=2730
-  _globals['_GETSTATUSRESPONSE']._serialized_end=3114
-  _globals['_OPTIMIZERSERVICE']._serialized_start=3201
-  _globals['_OPTIMIZERSERVICE']._serialized_end=3770
+  _globals['_LEASEKIND']._serialized_start=3228
+  _globals['_LEASEKIND']._serialized_end=3310
+  _globals['_JOINREQUEST']._serialized_start=100
+  _globals['_JOINREQUEST']._serialized_end=132
+  _globals['_JOINRESPONSE']._serialized_start=135
+  _globals['_JOINRESPONSE']._serialized_end=387
+  _globals['_MODELFILE']._serialized_start=389
+  _globals['_MODELFILE']._serialized_end=450
+  _globals['_FETCHMODELFILEREQUEST']._serialized_start=452
+  _globals['_FETCHMODELFILEREQUEST']._serialized_end=489
+  _globals['_REWARDSETTINGS']._serialized_start=491
+  _globals['_REWARDSETTINGS']._serialized_end=616
+  _globals['_REWARDENDPOINT']._serialized_start=618
+  _globals['_REWARDENDPOINT']._serialized_end=704
+  _globals['_CHECKPOINTINFO']._serialized_start=706
+  _globals['_CHECKPOINTINFO']._serialized_end=776
+  _globals['_FETCHCHECKPOINTREQUEST']._serialized_start=778
+  _globals['_FETCHCHECKPOINTREQUEST']._serialized_end=822
+  _globals['_CHECKPOINTCHUNK']._serialized_start=824
+  _globals['_CHECKPOINTCHUNK']._serialized_end=891
+  _globals['_ESSETTINGS']._serialized_start=894
+  _globals['_ESSETTINGS']._serialized_end=1156
+  _globals['_GETWORKREQUEST']._serialized_start=1158
+  _globals['_GETWORKREQUEST']._serialized_end=1221
+  _globals['_GETWORKRESPONSE']._serialized_start=1224
+  _globals['_GETWORKRESPONSE']._serialized_end=1367
+  _globals['_UPDATERECORD']._serialized_start=1369
+  _globals['_UPDATERECORD']._serialized_end=1468
+  _globals['_PROMPT']._serialized_start=1471
+  _globals['_PROMPT']._serialized_end=1711
+  _globals['_PROMPT_METADATAENTRY']._serialized_start=1664
+  _globals['_PROMPT_METADATAENTRY']._serialized_end=1711
+  _globals['_SAMPLING']._serialized_start=1714
+  _globals['_SAMPLING']._serialized_end=1857
+  _globals['_LEASE']._serialized_start=1860
+  _globals['_LEASE']._serialized_end=2105
+  _globals['_REPORTRESULTREQUEST']._serialized_start=2108
+  _globals['_REPORTRESULTREQUEST']._serialized_end=2399
+  _globals['_REPORTRESULTRESPONSE']._serialized_start=2401
+  _globals['_REPORTRESULTRESPONSE']._serialized_end=2473
+  _globals['_RELEASELEASEREQUEST']._serialized_start=2475
+  _globals['_RELEASELEASEREQUEST']._serialized_end=2533
+  _globals['_RELEASELEASERESPONSE']._serialized_start=2535
+  _globals['_RELEASELEASERESPONSE']._serialized_end=2575
+  _globals['_GETSTATUSREQUEST']._serialized_start=2577
+  _globals['_GETSTATUSREQUEST']._serialized_end=2595
+  _globals['_GENERATIONSUMMARY']._serialized_start=2597
+  _globals['_GENERATIONSUMMARY']._serialized_end=2718
+  _globals['_WORKERSTATUS']._serialized_start=2720
+  _globals['_WORKERSTATUS']._serialized_end=2839
+  _globals['_GETSTATUSRESPONSE']._serialized_start=2842
+  _globals['_GETSTATUSRESPONSE']._serialized_end=3226
+  _globals['_OPTIMIZERSERVICE']._serialized_start=3313
+  _globals['_OPTIMIZERSERVICE']._serialized_end=3882
 # @@protoc_insertion_point(module_scope)

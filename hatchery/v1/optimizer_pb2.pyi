@@ -1,3 +1,4 @@
+from google.protobuf import struct_pb2 as _struct_pb2
 from hatchery.v1 import reward_pb2 as _reward_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -172,7 +173,7 @@ class UpdateRecord(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., noise_epoch: _Optional[int] = ..., lr: _Optional[float] = ..., sigma: _Optional[float] = ..., fitness: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Prompt(_message.Message):
-    __slots__ = ("index", "text", "reference", "metadata")
+    __slots__ = ("index", "text", "reference", "metadata", "columns", "messages")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -184,11 +185,15 @@ class Prompt(_message.Message):
     TEXT_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
     index: int
     text: str
     reference: str
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., reference: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    columns: _struct_pb2.Struct
+    messages: _containers.RepeatedCompositeFieldContainer[_reward_pb2.Message]
+    def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., reference: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., columns: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[_reward_pb2.Message, _Mapping]]] = ...) -> None: ...
 
 class Sampling(_message.Message):
     __slots__ = ("max_new_tokens", "temperature", "chat_template", "stop_rule", "sampling_seed")

@@ -57,3 +57,11 @@ def columns_seen(prompts, completions, reference, **columns):
     with open(os.environ["COLUMNS_LOG"], "a") as log:
         log.write(json.dumps({"prompts": prompts, "reference": reference, "columns": columns}) + "\n")
     return [-float(len(c)) for c in completions]
+
+
+def typed_columns(prompts, completions, level, tags, ratio, **kwargs):
+    """Scores level + len(tags) + ratio, raising unless each column has the type a dataset gave it."""
+    for prompt, lv, tg, r in zip(prompts, level, tags, ratio):
+        if not (type(lv) is int and isinstance(tg, list) and type(r) is float and isinstance(prompt, list)):
+            raise TypeError(f"got {type(prompt).__name__} prompt, {lv!r}, {tg!r}, {r!r}")
+    return [lv + len(tg) + r for lv, tg, r in zip(level, tags, ratio)]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 
 from hatchery.launcher import wait_for_port
 from hatchery.service.serving import channel
@@ -26,6 +27,15 @@ def countdown(answer: str, numbers: str = "3,5,7", target: str = "22", think: st
               after: str = "") -> pb.Sample:
     return pb.Sample(prompt="Use 3, 5 and 7 to make 22.", completion=f"{think}<answer>{answer}</answer>{after}",
                      metadata={"numbers": numbers, "target": target})
+
+
+def typed_countdown(answer: str, numbers: list, target) -> pb.Sample:
+    """As a worker sends a dataset's columns: typed in `columns`, JSON text in `metadata`."""
+    columns = struct_pb2.Struct()
+    columns.update({"numbers": numbers, "target": target})
+    return pb.Sample(completion=f"</think>\n<answer>{answer}</answer>", columns=columns,
+                     metadata={"numbers": json.dumps(numbers), "target": target if isinstance(target, str) else
+                               json.dumps(target)})
 
 
 def integer(completion: str, reference: str) -> pb.Sample:
@@ -87,6 +97,12 @@ CASES = [
     (countdown("3*5+7", numbers="+3,5,7"), {"countdown": NA}),
     (countdown("5/2", numbers="5,2", target="2.5"), {"countdown": NA}),
     (countdown("3*5+7", target="\u00a022"), {"countdown": NA}),
+    # a dataset's typed columns: Node reads `columns`, Python the same values as JSON text
+    (typed_countdown("3*5+7", [3, 5, 7], 22), {"countdown": 1.1}),
+    (typed_countdown("3*5+7", [3, 5, 7], 23), {"countdown": 0.1}),
+    (typed_countdown("3*5+7", [3, 5.5, 7], 22), {"countdown": NA}),
+    (typed_countdown("3*5+7", [3, 5, 7], "22"), {"countdown": 1.1}),  # a target column of text
+    (typed_countdown("3*5+7", [3, 5, True], 22), {"countdown": NA}),
     # first_integer
     (integer("The answer is -12, not 12.", "-12"), {"first_integer": 1.0}),
     (integer("I do not know.", "7"), {"first_integer": 0.0}),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 
 from hatchery.core.grader_specs import parse_specs
 from hatchery.core.schema import ConfigError
@@ -36,6 +37,7 @@ def rewards():
         "wrong_count": plugin("wrong_count", processes=1),
         "exact": plugin("matches_reference", processes=1),
         "target": plugin("target_column", processes=1),
+        "typed": plugin("typed_columns", processes=1),
         "exact_and_short": {"type": "combined", "parts": {"exact": 1.0, "length": 0.5}},
         "chaos_and_short": {"type": "combined", "parts": {"chaos": 1.0, "length": 0.5}},
         "backtracks": {"type": "regex", "pattern": "(a|aa)+$", "timeout_seconds": 0.2},
@@ -96,6 +98,20 @@ def test_async_plugins_read_reference_and_metadata_columns(rewards):
                pb.Sample(completion="ab", metadata={"target": "3"})]
     results = rewards.Score(pb.ScoreRequest(samples=samples, grader="target"), timeout=60).results
     assert [(r.status, r.score) for r in results] == [(OK, 1.0), (NA, 0.0), (OK, 0.0)]
+
+
+def test_typed_columns_and_conversations_reach_a_plugin_as_trl_passes_them(rewards):
+    columns = struct_pb2.Struct()
+    columns.update({"level": 3, "tags": ["a", "b"], "ratio": 0.5})
+    chat = [pb.Message(role="system", content="Be brief."), pb.Message(role="user", content="2 + 2?")]
+    sample = pb.Sample(prompt="2 + 2?", completion="4", columns=columns, messages=chat,
+                       metadata={"level": "3", "tags": '["a", "b"]', "ratio": "0.5"})
+    (result,) = rewards.Score(pb.ScoreRequest(samples=[sample], grader="typed"), timeout=60).results
+    assert (result.status, result.score, result.error) == (OK, 5.5, "")
+    # an older client sends text alone: the plug-in gets the text, as before
+    old = pb.Sample(prompt="2 + 2?", completion="4", metadata={"level": "3", "tags": "[]", "ratio": "0.5"})
+    (result,) = rewards.Score(pb.ScoreRequest(samples=[old], grader="typed"), timeout=60).results
+    assert result.status == FAILED and "got str prompt, '3'" in result.error
 
 
 def test_combined_grader_weights_parts_and_names_them(rewards):

@@ -4,6 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -11,7 +12,7 @@ from hatchery.launcher import loopback_service
 from hatchery.service.serving import channel
 from hatchery.v1 import reward_pb2 as pb
 from hatchery.v1 import reward_pb2_grpc
-from reward_svc.server import MAX_METADATA_ENTRIES, MAX_SAMPLES, reward_server
+from reward_svc.server import MAX_MESSAGES, MAX_METADATA_ENTRIES, MAX_SAMPLES, reward_server
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,13 @@ def test_malformed_requests_get_invalid_argument(stub):
     with pytest.raises(grpc.RpcError) as err:
         rewards.Score(pb.ScoreRequest(samples=[pb.Sample(), crowded]), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "sample 1" in err.value.details()
+    wide = struct_pb2.Struct()
+    wide.update({str(i): i for i in range(MAX_METADATA_ENTRIES + 1)})
+    talkative = [pb.Message(role="user", content="hi")] * (MAX_MESSAGES + 1)
+    for bad in (pb.Sample(columns=wide), pb.Sample(messages=talkative)):
+        with pytest.raises(grpc.RpcError) as err:
+            rewards.Score(pb.ScoreRequest(samples=[bad]), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "sample 0: over" in err.value.details()
 
 
 def test_describe_health_and_reflection(stub):

@@ -92,8 +92,10 @@ def test_a_run_scored_by_external_replicas_with_a_plugin_and_a_token(tiny_llama_
 
 def test_a_run_on_a_jsonl_dataset_trains_and_hands_every_column_to_the_grader(tiny_llama_dir, tmp_path):
     """Issue 21: `task.name: dataset` over files, the three services as separate processes; the
-    held-out set is the held-out file's and the grader gets every other column by name."""
-    rows = [{"prompt": f"Add {i} and {i + 1}.", "answer": str(2 * i + 1), "level": str(i % 3), "source": "made-here"}
+    held-out set is the held-out file's, and the grader gets the conversations the model was given
+    and every other column by name, with its type."""
+    rows = [{"prompt": [{"role": "system", "content": "Add."}, {"role": "user", "content": f"Add {i} and {i + 1}."}],
+             "answer": str(2 * i + 1), "level": i % 3, "tags": ["sum", str(i)], "source": "made-here"}
             for i in range(12)]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:9]))
     (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[9:]))
@@ -113,8 +115,12 @@ def test_a_run_on_a_jsonl_dataset_trains_and_hands_every_column_to_the_grader(ti
     assert out.returncode == 0, out.stdout + out.stderr
     assert len(read_log(tmp_path / "run" / "updates.jsonl")) == 2
     calls = [json.loads(line) for line in log.read_text().splitlines()]
-    scored = {p: r for call in calls for p, r in zip(call["prompts"], call["reference"])}
-    assert {r["prompt"] for r in rows[9:]} <= set(scored)  # the held-out file, evaluated
-    assert set(scored) <= {r["prompt"] for r in rows} and scored[rows[10]["prompt"]] == "21"
-    assert all(set(call["columns"]) == {"level", "source"} for call in calls)
-    assert {v for call in calls for v in call["columns"]["source"]} == {"made-here"}
+    scored = {json.dumps(p): r for call in calls for p, r in zip(call["prompts"], call["reference"])}
+    given = {json.dumps(r["prompt"]): r for r in rows}
+    assert {json.dumps(r["prompt"]) for r in rows[9:]} <= set(scored)  # the held-out file, evaluated
+    assert set(scored) <= set(given) and scored[json.dumps(rows[10]["prompt"])] == "21"
+    assert all(set(call["columns"]) == {"level", "tags", "source"} for call in calls)
+    seen = [dict(zip(call["columns"], values)) for call in calls for values in zip(*call["columns"].values())]
+    by_tags = {json.dumps(s["tags"]): s for s in seen}
+    assert all(by_tags[json.dumps(r["tags"])] == {k: r[k] for k in ("level", "tags", "source")}
+               for r in rows[9:])  # ints as ints, lists as lists

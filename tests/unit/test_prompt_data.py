@@ -48,29 +48,32 @@ def _config(tmp_path, **task):
 
 @pytest.mark.parametrize("fmt", ["jsonl", "json", "parquet", "csv", "arrow", "saved"])
 def test_every_format_gives_the_same_prompts_and_columns(tmp_path, fmt):
-    task = run_task(_config(tmp_path, train=_write(tmp_path, fmt)).task)
+    task = run_task(_config(tmp_path, train=_write(tmp_path, fmt)))
     assert (len(task.train), len(task.heldout), task.max_new_tokens, task.grader) == (15, 5, 256, "")
     prompts = {p.text: p for p in [*task.train, *task.heldout]}
     assert len(prompts) == 20 and not {p.text for p in task.train} & {p.text for p in task.heldout}
     seven = prompts["What is 7 + 7?"]
     assert seven.reference == "14" and seven.metadata["level"] == "1"
-    if fmt != "csv":  # lists reach the graders as JSON text (typed columns: issue 21, not yet)
+    if fmt != "csv":  # as text for graders that read strings, and with their types for the rest
         assert json.loads(seven.metadata["tags"]) == ["sum", "7"]
+        assert seven.columns == {"level": 1, "tags": ["sum", "7"]}
+    else:
+        assert seven.columns == {"level": 1}
 
 
 def test_the_split_is_seeded_and_a_heldout_file_is_used_whole(tmp_path):
     train = _write(tmp_path, "jsonl")
-    a, b = (run_task(_config(tmp_path, train=train, seed=s).task) for s in (0, 0))
+    a, b = (run_task(_config(tmp_path, train=train, seed=s)) for s in (0, 0))
     assert [p.text for p in a.heldout] == [p.text for p in b.heldout]
-    c = run_task(_config(tmp_path, train=train, seed=1).task)
+    c = run_task(_config(tmp_path, train=train, seed=1))
     assert [p.text for p in c.heldout] != [p.text for p in a.heldout]
     heldout_dir = tmp_path / "test"
     heldout_dir.mkdir()
     test = _write(heldout_dir, "parquet", [{**r, "prompt": r["prompt"] + " Show your work."} for r in ROWS[:4]])
-    task = run_task(_config(tmp_path, train=train, heldout=test).task)
+    task = run_task(_config(tmp_path, train=train, heldout=test))
     assert (len(task.train), len(task.heldout)) == (20, 4)
     assert task.heldout[0].text.endswith("Show your work.")
-    assert len(run_task(_config(tmp_path, train=train, heldout_fraction=0.25).task).heldout) == 5
+    assert len(run_task(_config(tmp_path, train=train, heldout_fraction=0.25)).heldout) == 5
 
 
 @pytest.mark.parametrize(("rows", "task", "message"), [
@@ -103,7 +106,11 @@ def test_heldout_prompts_that_are_also_trained_on_are_refused_unless_allowed(tmp
     test = _write(test_dir, "jsonl", ROWS[:3] + [{**ROWS[3], "prompt": "new"}])
     with pytest.raises(ConfigError, match="3 of its 4 prompts are also in task.train"):
         _config(tmp_path, train=train, heldout=test)
-    assert len(run_task(_config(tmp_path, train=train, heldout=test, allow_heldout_in_train=True).task).heldout) == 4
+    assert len(run_task(_config(tmp_path, train=train, heldout=test, allow_heldout_in_train=True)).heldout) == 4
+    chats = _write(tmp_path, "parquet", CHATS)
+    test = _write(test_dir, "jsonl", CHATS[:2] + [{**CHATS[2], "prompt": _conversation(99)}])
+    with pytest.raises(ConfigError, match="2 of its 3 prompts are also in task.train"):
+        _config(tmp_path, train=chats, heldout=test)
 
 
 def test_a_dataset_needs_a_grader_and_other_tasks_take_no_files(tmp_path):
@@ -117,7 +124,7 @@ def test_data_preview_shows_prompts_as_the_model_reads_them(tmp_path, tiny_llama
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"model": {"source": str(tiny_llama_dir)}, "grader": "numeric",
                                       "task": {"name": "dataset", "train": _write(tmp_path, "parquet"),
-                                               "reference_key": "answer", "heldout_size": 4}}))
+                                               "reference_key": "answer", "heldout_size": 4, "max_new_tokens": 16}}))
     assert main(["data", "preview", str(config), "-n", "2"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert (shown["train_rows"], shown["heldout_rows"], shown["grader"]) == (16, 4, "numeric")
@@ -138,7 +145,8 @@ def test_a_resumed_run_refuses_data_that_changed_under_it(tmp_path, tiny_llama_d
     """The prompt schedule replays onto the same rows: a resume on other data would not be this run."""
     train = _write(tmp_path, "jsonl")
     cfg = parse_config({"run_dir": str(tmp_path / "run"), "model": {"source": str(tiny_llama_dir)},
-                        "grader": "numeric", "task": {"name": "dataset", "train": train, "heldout_size": 5}})
+                        "grader": "numeric",
+                        "task": {"name": "dataset", "train": train, "heldout_size": 5, "max_new_tokens": 16}})
     first = prepare_start(cfg, tmp_path / "run")
     assert list(first.record["data"]["train"]) == [train]
     prepare_start(cfg, tmp_path / "run")  # the same data: resumes
@@ -146,3 +154,96 @@ def test_a_resumed_run_refuses_data_that_changed_under_it(tmp_path, tiny_llama_d
         f.write(json.dumps({**ROWS[0], "prompt": "one more"}) + "\n")
     with pytest.raises(ConfigError, match=f"task.train: {train} changed .* since this run started"):
         prepare_start(cfg, tmp_path / "run")
+
+
+def _conversation(i: int) -> list[dict]:
+    return [{"role": "system", "content": "You add numbers."}, {"role": "user", "content": f"What is {i} + {i}?"}]
+
+
+CHATS = [{"prompt": _conversation(i), "answer": str(2 * i)} for i in range(20)]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_conversational_prompts_reach_the_model_through_its_chat_template(tmp_path, fmt, tiny_llama_dir,
+                                                                         tiny_tokenizer):
+    cfg = parse_config({"model": {"source": str(tiny_llama_dir)}, "grader": "numeric",
+                        "task": {"name": "dataset", "train": _write(tmp_path, fmt, CHATS), "reference_key": "answer",
+                                 "heldout_size": 5, "max_new_tokens": 16}})
+    task = run_task(cfg)
+    seven = next(p for p in [*task.train, *task.heldout] if p.reference == "14")
+    assert seven.text == "What is 7 + 7?" and seven.messages == tuple(_conversation(7))
+    assert seven.model_input == _conversation(7)
+    from hatchery.core.model import format_prompts
+    (text,) = format_prompts(tiny_tokenizer, [seven.model_input], True)
+    assert text == tiny_tokenizer.apply_chat_template(_conversation(7), tokenize=False, add_generation_prompt=True)
+    prefill = [*_conversation(7), {"role": "assistant", "content": "The answer is"}]
+    (continued,) = format_prompts(tiny_tokenizer, [prefill], True)
+    assert continued.rstrip().endswith("The answer is")  # continued, not closed and answered anew
+
+
+def test_a_system_prompt_is_given_before_plain_prompts_of_any_task(tmp_path):
+    task = run_task(_config(tmp_path, train=_write(tmp_path, "jsonl"), system_prompt="Be brief."))
+    assert task.train[0].messages == ({"role": "system", "content": "Be brief."},
+                                      {"role": "user", "content": task.train[0].text})
+    arith = run_task(parse_config({"task": {"system_prompt": "Be brief."}}))
+    assert arith.heldout[0].model_input[0] == {"role": "system", "content": "Be brief."}
+    with pytest.raises(ConfigError, match="task.system_prompt: the prompts of .* are conversations"):
+        _config(tmp_path, train=_write(tmp_path, "jsonl", CHATS), system_prompt="Be brief.")
+    with pytest.raises(ConfigError, match="task.system_prompt: needs task.chat_template: true"):
+        parse_config({"task": {"system_prompt": "Be brief.", "chat_template": False}})
+    with pytest.raises(ConfigError, match="task.chat_template: the prompts of .* are conversations"):
+        _config(tmp_path, train=_write(tmp_path, "jsonl", CHATS), chat_template=False)
+
+
+def _with_message(row: int, message) -> list[dict]:
+    rows = [dict(r) for r in CHATS]
+    rows[row] = {**rows[row], "prompt": [*rows[row]["prompt"], message]}
+    return rows
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    (_with_message(4, {"role": "user"}), r"column 'prompt', row 5, message 3: the message has no content"),
+    (_with_message(8, {"content": "hi"}), r"row 9, message 3: the role must be one of system, user, assistant"),
+    (_with_message(8, {"role": "wizard", "content": "hi"}), r"row 9, message 3: the role must be one of"),
+    ([*CHATS[:3], {**CHATS[3], "prompt": []}, *CHATS[4:]], r"row 4: the prompt is an empty conversation"),
+    ([*CHATS[:2], {**CHATS[2], "prompt": CHATS[2]["prompt"][:1]}, *CHATS[3:]],
+     r"row 3: the conversation has no user message"),
+    ([{**r, "prompt": [{"from": "human", "value": "hi"}]} for r in CHATS],
+     r"a conversation's messages need 'role' and 'content', they have \['from', 'value'\]"),
+])
+def test_bad_conversations_are_refused_naming_row_and_message(tmp_path, rows, message):
+    (tmp_path / "chats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ConfigError, match=message):
+        _config(tmp_path, train=str(tmp_path / "chats.jsonl"))
+
+
+def test_prompts_longer_than_the_model_may_read_are_refused_by_row_or_skipped(tmp_path, tiny_llama_dir):
+    rows = [dict(r) for r in ROWS]
+    rows[13]["prompt"] = "What is 13 + 13? " * 40
+    train = _write(tmp_path, "jsonl", rows)
+
+    def config(**task):
+        return parse_config({"model": {"source": str(tiny_llama_dir)}, "grader": "numeric",
+                             "task": {"name": "dataset", "train": train, "heldout_size": 5, **task}})
+
+    with pytest.raises(ConfigError, match=r"task.train: .*data.jsonl, row 14: the prompt is \d+ tokens after the "
+                                          r"chat template; task.max_prompt_tokens allows 100"):
+        config(max_prompt_tokens=100)
+    with pytest.raises(ConfigError, match=r"row 14: .* allows 240"):  # the tiny model's context is 256 tokens
+        config(max_new_tokens=16)
+    skipped = run_task(config(max_prompt_tokens=100, long_prompts="skip"))
+    assert len(skipped.train) + len(skipped.heldout) == 19
+    assert all("13 + 13" not in p.text for p in [*skipped.train, *skipped.heldout])
+    with pytest.raises(ConfigError, match="task.long_prompts: must be refuse or skip"):
+        config(long_prompts="truncate")
+
+
+def test_columns_graders_cannot_receive_exactly_are_refused(tmp_path):
+    big = [{**r, "id": 2**60 if i == 6 else i} for i, r in enumerate(ROWS)]
+    with pytest.raises(ConfigError, match=r"column 'id', row 7: 1152921504606846976 is beyond 2\^53"):
+        _config(tmp_path, train=_write(tmp_path, "parquet", big))
+    blobs = [{**r, "image": b"\x89PNG"} for r in ROWS]
+    with pytest.raises(ConfigError, match="column 'image' holds binary data"):
+        _config(tmp_path, train=_write(tmp_path, "parquet", blobs))
+    assert "image" not in run_task(_config(tmp_path, train=_write(tmp_path, "parquet", blobs),
+                                           metadata_keys=["level"])).train[0].columns
