@@ -215,6 +215,12 @@ def _eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grader", default="", help="default: the task's")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--max-new-tokens", type=int, default=0, help="the run's task.max_new_tokens; 0: the task's")
+    data = p.add_argument_group("a data file instead of --task (every row scored, read as a run reads task.heldout)")
+    data.add_argument("--data", default="", help="a .jsonl .json .parquet .csv .arrow file, a save_to_disk folder "
+                                                 "or a glob")
+    data.add_argument("--prompt-key", default="prompt", help="the run's task.prompt_key")
+    data.add_argument("--reference-key", default="", help="the run's task.reference_key")
+    data.add_argument("--system-prompt", default="", help="the run's task.system_prompt")
 
 
 def _data_flags(p: argparse.ArgumentParser) -> None:
@@ -403,13 +409,14 @@ def _export(args: argparse.Namespace, tls: Any) -> int:
 
 
 def _eval(args: argparse.Namespace, tls: Any) -> int:
-    from hatchery.evaluation import heldout_reward
+    from hatchery.evaluation import DataFile, heldout_reward
 
     _quiet_libraries()
+    data = DataFile(args.data, args.prompt_key, args.reference_key, args.system_prompt) if args.data else None
     try:
         result = heldout_reward(args.model, args.task, args.seed, args.heldout_size, args.reward_address,
-                                args.grader, args.dtype, args.max_new_tokens)
-    except (ValueError, OSError) as err:
+                                args.grader, args.dtype, args.max_new_tokens, data)
+    except (ValueError, OSError) as err:  # a ConfigError too
         print(f"hatchery eval: {err}", file=sys.stderr)
         return 2
     return _print_json(result, None)
@@ -478,7 +485,7 @@ VERBS: dict[str, Verb] = {
     "ablation": Verb("held-out curves and end rewards of several variants' runs (JSON)", _ablation_flags,
                      _ablation),
     "export": Verb("a run's weights as a Hugging Face folder or a PEFT LoRA adapter", _export_flags, _export),
-    "eval": Verb("held-out reward of a model or PEFT adapter on a task (JSON)", _eval_flags, _eval),
+    "eval": Verb("held-out reward of a model or PEFT adapter on a task or a data file (JSON)", _eval_flags, _eval),
     "data": Verb("what a run's prompts will be: row counts, examples as the model sees them, lengths (JSON)",
                  _data_flags, _data),
     "loadtest": Verb("bounded load on loopback: reward clients and simulated workers (JSON)", _loadtest_flags,

@@ -23,13 +23,13 @@ def preview(cfg: RunConfig, examples: int = 3) -> dict:
     shown = [task.train[i] for i in range(min(examples, len(task.train)))]
     rows = list(range(len(task.train)))
     sample = sorted(random.Random(0).sample(rows, LENGTH_SAMPLE)) if len(rows) > LENGTH_SAMPLE else rows
-    texts = format_prompts(tokenizer, [task.train[i].text for i in sample], cfg.task.chat_template)
+    texts = format_prompts(tokenizer, [task.train[i].model_input for i in sample], cfg.task.chat_template)
     lengths = sorted(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
     return {
         "task": cfg.task.name, "train_rows": len(task.train), "heldout_rows": len(task.heldout),
         "grader": cfg.grader or task.grader, "max_new_tokens": task.max_new_tokens,
-        "examples": [{"prompt": text, "reference": p.reference, "metadata": p.metadata}
-                     for p, text in zip(shown, format_prompts(tokenizer, [p.text for p in shown],
+        "examples": [{"prompt": text, "reference": p.reference, "columns": p.columns or p.metadata}
+                     for p, text in zip(shown, format_prompts(tokenizer, [p.model_input for p in shown],
                                                               cfg.task.chat_template))],
         "prompt_tokens": {"prompts_measured": len(lengths), "min": lengths[0],
                           "median": statistics.median(lengths),

@@ -258,41 +258,64 @@ def dataset_task(cfg: RunConfig) -> Task:
     return _read[key]
 
 
-def _read_task(cfg: RunConfig) -> Task:
-    task = cfg.task
-    train = open_data(task.train, "task.train")
-    columns = PromptColumns(task.prompt_key, task.reference_key, _check_columns(train, "task.train", task.train, task),
+@dataclass(frozen=True)
+class _Table:
+    """One file's rows, checked: its prompt columns and whether its prompts are conversations."""
+
+    ds: datasets.Dataset
+    columns: PromptColumns
+    conversational: bool
+
+    def prompts(self, rows: Sequence[int] | None = None) -> RowPrompts:
+        return RowPrompts(self.ds, range(len(self.ds)) if rows is None else rows, self.columns)
+
+
+def _open_checked(spec: Any, key: str, task: TaskConfig) -> _Table:
+    ds = open_data(spec, key)
+    columns = PromptColumns(task.prompt_key, task.reference_key, _check_columns(ds, key, spec, task),
                             task.system_prompt)
-    _check_typed(train, "task.train", task.train, columns.metadata)
-    conversational = _check_prompts(train, "task.train", task.train, task.prompt_key)
+    _check_typed(ds, key, spec, columns.metadata)
+    conversational = _check_prompts(ds, key, spec, task.prompt_key)
     if conversational and task.system_prompt:
-        raise ConfigError(f"task.system_prompt: the prompts of {_where(task.train)} are conversations; "
+        raise ConfigError(f"task.system_prompt: the prompts of {_where(spec)} are conversations; "
                           "give them a system message of their own instead")
     if conversational and not task.chat_template:
-        raise ConfigError(f"task.chat_template: the prompts of {_where(task.train)} are conversations, which the "
+        raise ConfigError(f"task.chat_template: the prompts of {_where(spec)} are conversations, which the "
                           "model reads through its chat template; set it to true")
+    return _Table(ds, columns, conversational)
+
+
+def _read_task(cfg: RunConfig) -> Task:
+    task = cfg.task
+    train = _open_checked(task.train, "task.train", task)
     max_new_tokens = task.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     limit = _prompt_token_limit(cfg, max_new_tokens)
     if task.heldout:
-        heldout = open_data(task.heldout, "task.heldout")
-        if _check_columns(heldout, "task.heldout", task.heldout, task) != columns.metadata:
-            raise ConfigError(f"task.heldout: its columns {heldout.column_names} are not train's "
-                              f"{train.column_names}")
-        _check_typed(heldout, "task.heldout", task.heldout, columns.metadata)
-        if _check_prompts(heldout, "task.heldout", task.heldout, task.prompt_key) != conversational:
+        heldout = _open_checked(task.heldout, "task.heldout", task)
+        if heldout.columns != train.columns:
+            raise ConfigError(f"task.heldout: its columns {heldout.ds.column_names} are not train's "
+                              f"{train.ds.column_names}")
+        if heldout.conversational != train.conversational:
             raise ConfigError("task.heldout: its prompts and train's must both be text or both conversations")
-        _refuse_overlap(train, heldout, task)
-        return Task("dataset", "", limit.fit(RowPrompts(train, range(len(train)), columns), "task.train", task.train),
-                    limit.fit(RowPrompts(heldout, range(len(heldout)), columns), "task.heldout", task.heldout),
-                    max_new_tokens)
-    size = round(task.heldout_fraction * len(train)) if task.heldout_fraction else task.heldout_size
-    if not 0 < size < len(train):
-        raise ConfigError(f"task.heldout_size: {_where(task.train)} has {len(train)} rows; the held-out split "
-                          f"must leave 1 to {len(train) - 1} of them, got {size}")
-    order = list(range(len(train)))
+        _refuse_overlap(train.ds, heldout.ds, task)
+        return Task("dataset", "", limit.fit(train.prompts(), "task.train", task.train),
+                    limit.fit(heldout.prompts(), "task.heldout", task.heldout), max_new_tokens)
+    size = round(task.heldout_fraction * len(train.ds)) if task.heldout_fraction else task.heldout_size
+    if not 0 < size < len(train.ds):
+        raise ConfigError(f"task.heldout_size: {_where(task.train)} has {len(train.ds)} rows; the held-out split "
+                          f"must leave 1 to {len(train.ds) - 1} of them, got {size}")
+    order = list(range(len(train.ds)))
     random.Random(task.seed).shuffle(order)
-    return Task("dataset", "", limit.fit(RowPrompts(train, sorted(order[size:]), columns), "task.train", task.train),
-                limit.fit(RowPrompts(train, sorted(order[:size]), columns), "task.train", task.train), max_new_tokens)
+    return Task("dataset", "", limit.fit(train.prompts(sorted(order[size:])), "task.train", task.train),
+                limit.fit(train.prompts(sorted(order[:size])), "task.train", task.train), max_new_tokens)
+
+
+def file_task(cfg: RunConfig, spec: Any, key: str = "--data") -> Task:
+    """Every row of `spec` as held-out prompts, read and checked as a run's are (`hatchery eval --data`)."""
+    table = _open_checked(spec, key, cfg.task)
+    max_new_tokens = cfg.task.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    heldout = _prompt_token_limit(cfg, max_new_tokens).fit(table.prompts(), key, spec)
+    return Task("dataset", "", [], heldout, max_new_tokens)
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,7 @@ def test_export_command(run, tmp_path):
 def test_eval_scores_base_full_and_lora_exports_on_the_same_prompts(run, tiny_llama_dir, tmp_path):
     """`hatchery eval` through a real reward service: the full export scores what the run's own
     final held-out evaluation scored, and a full-rank adapter scores the same."""
-    from hatchery.evaluation import heldout_reward
+    from hatchery.evaluation import DataFile, heldout_reward
 
     run_dir, coordinator = run
     export_hf(run_dir, tmp_path / "hf")
@@ -122,3 +122,11 @@ def test_eval_scores_base_full_and_lora_exports_on_the_same_prompts(run, tiny_ll
     assert full["heldout_reward"] == pytest.approx(coordinator.history[-1].heldout_reward)
     assert lora["heldout_reward"] == pytest.approx(full["heldout_reward"])
     assert base["heldout_reward"] == pytest.approx(coordinator.history[0].heldout_reward)
+    # the run's held-out prompts as a data file: `hatchery eval --data` scores them as the run did
+    data = tmp_path / "heldout.jsonl"
+    data.write_text("".join(json.dumps({"question": p.text, "answer": p.reference}) + "\n"
+                            for p in coordinator.task.heldout))
+    from_file = heldout_reward(str(tmp_path / "hf"), grader="length", max_new_tokens=6,
+                               data=DataFile(str(data), prompt_key="question", reference_key="answer"))
+    assert (from_file["data"], from_file["prompts"], from_file["scored"]) == (str(data), 4, 4)
+    assert from_file["heldout_reward"] == pytest.approx(full["heldout_reward"])

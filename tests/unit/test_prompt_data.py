@@ -133,7 +133,8 @@ def test_data_preview_shows_prompts_as_the_model_reads_them(tmp_path, tiny_llama
     prompt = next(r["prompt"] for r in ROWS if r["answer"] == first["reference"])
     templated = tiny_tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                                    add_generation_prompt=True)
-    assert first["prompt"] == templated and set(first["metadata"]) == {"level", "tags"}
+    assert first["prompt"] == templated and set(first["columns"]) == {"level", "tags"}
+    assert isinstance(first["columns"]["level"], int)  # with their types, as graders get them
     lengths = shown["prompt_tokens"]
     assert lengths["prompts_measured"] == 16 and 0 < lengths["min"] <= lengths["median"] <= lengths["max"]
     config.write_text(yaml.safe_dump({"grader": "numeric", "task": {"name": "dataset", "train": "missing.jsonl"}}))
@@ -247,3 +248,13 @@ def test_columns_graders_cannot_receive_exactly_are_refused(tmp_path):
         _config(tmp_path, train=_write(tmp_path, "parquet", blobs))
     assert "image" not in run_task(_config(tmp_path, train=_write(tmp_path, "parquet", blobs),
                                            metadata_keys=["level"])).train[0].columns
+
+
+def test_eval_on_a_data_file_refuses_bad_data_before_loading_a_model(tmp_path, capsys):
+    assert main(["eval", "no-model-here", "--data", str(tmp_path / "missing.jsonl"), "--grader", "length"]) == 2
+    assert "--data: " + str(tmp_path / "missing.jsonl") + " does not exist" in capsys.readouterr().err
+    assert main(["eval", "no-model-here", "--data", _write(tmp_path, "jsonl")]) == 2
+    assert "--grader: a data file has no grader of its own" in capsys.readouterr().err
+    assert main(["eval", "no-model-here", "--data", _write(tmp_path, "jsonl"), "--grader", "length",
+                 "--prompt-key", "question"]) == 2
+    assert "has no column 'question'" in capsys.readouterr().err
