@@ -3,6 +3,7 @@ offline) and every object validated strictly against the Kubernetes 1.30 schemas
 (kubernetes-validate); the args and env it gives each container are accepted by that
 service's own command-line parser, and the run config it writes by the config parser."""
 
+import json
 from pathlib import Path
 
 import helm_python as helm
@@ -34,6 +35,11 @@ VALUE_SETS = {
     "external-only": {"reward": {"builtin": {"enabled": False}, "external": [{"addresses": ["rm.example:443"]}]}},
     "tls-on": {"tls": {"enabled": True, "secretName": "hatchery-tls", "requireClientCert": True},
                "auth": {"existingSecret": "hatchery-tokens"}},
+    "dataset-on-a-claim": {"data": {"existingClaim": "prompts", "subPath": "gsm", "train": "train.jsonl",
+                                    "heldout": "test.jsonl"},
+                           "run": {"grader": "numeric", "task": {"reference_key": "answer"}}},
+    "dataset-in-a-configmap": {"data": {"configMap": "small-prompts", "mountPath": "/prompts/", "train": "train.jsonl"},
+                               "run": {"grader": "numeric", "task": {"heldout_size": 2}}},
     "service-monitor-on": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
                                        "prometheusRule": {"enabled": True},
                                        "dashboard": {"enabled": True}},
@@ -86,7 +92,7 @@ def test_every_pod_is_hardened(name):
 
 
 @pytest.mark.parametrize("name", VALUE_SETS)
-def test_containers_get_args_and_env_their_service_accepts(name, monkeypatch):
+def test_containers_get_args_and_env_their_service_accepts(name, monkeypatch, tmp_path):
     objects = render(VALUE_SETS[name])
     for pod, spec in pods(objects):
         for container in spec["containers"]:
@@ -98,7 +104,17 @@ def test_containers_get_args_and_env_their_service_accepts(name, monkeypatch):
             for var in container.get("env", []):
                 monkeypatch.delenv(var["name"], raising=False)
     (config_map,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-run")]
-    cfg = parse_config(yaml.safe_load(config_map["data"]["config.yaml"]))
+    run = yaml.safe_load(config_map["data"]["config.yaml"])
+    data = VALUE_SETS[name].get("data")
+    if data:  # the files the volume would hold, here where the test can read them
+        mount = data.get("mountPath", "/data").rstrip("/")
+        for key in ("train", "heldout"):
+            if key in run["task"]:
+                assert run["task"][key] == f"{mount}/{data[key]}" and run["task"]["name"] == "dataset"
+                run["task"][key] = str(tmp_path / data[key])
+                (tmp_path / data[key]).write_text("".join(json.dumps({"prompt": f"{key} {i} + {i}?", "answer": 2 * i})
+                                                          + "\n" for i in range(6)))
+    cfg = parse_config(run)
     parse_specs(yaml.safe_load(config_map["data"]["graders.yaml"]) or {})
     assert cfg.run_dir == "/var/lib/hatchery/runs/demo"
     external = VALUE_SETS[name].get("reward", {}).get("external", [])
@@ -130,6 +146,34 @@ def test_gpu_workers_tls_probes_and_external_tokens():
                                                                                    "key": "token"}
 
 
+def test_prompt_files_are_mounted_read_only_on_the_optimizer_alone():
+    objects = render(VALUE_SETS["dataset-on-a-claim"])
+    specs = dict(pods(objects))
+    optimizer = specs["demo-hatchery-optimizer"]
+    (volume,) = [v for v in optimizer["volumes"] if v["name"] == "data"]
+    assert volume["persistentVolumeClaim"] == {"claimName": "prompts", "readOnly": True}
+    (mount,) = [m for m in optimizer["containers"][0]["volumeMounts"] if m["name"] == "data"]
+    assert mount == {"name": "data", "mountPath": "/data", "readOnly": True, "subPath": "gsm"}
+    env = {v["name"]: v.get("value") for v in optimizer["containers"][0]["env"]}
+    assert env["HF_DATASETS_CACHE"].startswith("/var/lib/hatchery/runs/")  # writable, and kept across restarts
+    assert all("data" not in [v["name"] for v in spec.get("volumes", [])]
+               for pod, spec in specs.items() if pod != "demo-hatchery-optimizer")
+    small = dict(pods(render(VALUE_SETS["dataset-in-a-configmap"])))["demo-hatchery-optimizer"]
+    assert {"name": "data", "configMap": {"name": "small-prompts"}} in small["volumes"]
+
+
+@pytest.mark.parametrize("values, complaint", [
+    ({"data": {"train": "train.jsonl"}}, "data.train: give data.existingClaim or data.configMap"),
+    ({"data": {"existingClaim": "a", "configMap": "b"}}, "not both"),
+    ({"data": {"existingClaim": "a", "train": "t.jsonl"}, "run": {"task": {"train": "/data/t.jsonl"}}},
+     "run.task.train is set too"),
+])
+def test_contradictory_data_values_are_refused(values, complaint):
+    with helm.Chart.load(CHART) as chart:
+        with pytest.raises(helm.HelmRenderError, match=complaint):
+            chart.render(values, name="demo", namespace="ml")
+
+
 @pytest.mark.parametrize("values, complaint", [
     ({"inference": {"gpu": 1}}, "additional properties 'gpu' not allowed"),
     ({"replicas": 3}, "additional properties 'replicas' not allowed"),
@@ -137,6 +181,8 @@ def test_gpu_workers_tls_probes_and_external_tokens():
     ({"inference": {"replicas": -1}}, "minimum"),
     ({"reward": {"external": [{"addresses": ["no-port"]}]}}, "/reward/external/0/addresses/0"),
     ({"tls": {"enabled": "yes"}}, "/tls/enabled"),
+    ({"data": {"mountPath": "data"}}, "/data/mountPath"),
+    ({"data": {"claim": "prompts"}}, "additional properties 'claim' not allowed"),
     ({"run": {"run_dir": "/elsewhere"}}, "additional properties 'run_dir' not allowed"),
 ])
 def test_bad_values_are_refused_by_the_schema(values, complaint):
