@@ -167,6 +167,12 @@ def _bench_sync_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="also write the JSON here")
 
 
+def _bench_data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rows", type=int, default=1_000_000, help="generated word problems in the Parquet file")
+    p.add_argument("--model", default="", help="default: the embedded SmolLM2")
+    p.add_argument("--out", default=None, help="also write the JSON here")
+
+
 def _bench_grpo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="JSON lines, one per held-out evaluation")
     p.add_argument("--model", default="embedded:smollm2-135m-instruct", help="a local Hugging Face folder")
@@ -354,6 +360,13 @@ def _bench_sync(args: argparse.Namespace, tls: Any) -> int:
     return _print_json(run_sync_bench(tuple(_ints(args.widths)), not args.no_smollm2, args.generations), args.out)
 
 
+def _bench_data(args: argparse.Namespace, tls: Any) -> int:
+    _needs("bench-data", "hatchery.bench")
+    from hatchery.bench.data import run_data_bench
+
+    return _print_json(run_data_bench(args.rows, args.model), args.out)
+
+
 def _bench_grpo(args: argparse.Namespace, tls: Any) -> int:
     _needs("bench-grpo", "hatchery.bench", "trl")
     from hatchery.bench.grpo import run_grpo
@@ -478,6 +491,8 @@ VERBS: dict[str, Verb] = {
     "bench-reward": Verb("reward samples/s over gRPC vs in-process (JSON)", _bench_reward_flags, _bench_reward),
     "bench-sync": Verb("bytes on the wire and update time per generation against model size (JSON)",
                        _bench_sync_flags, _bench_sync),
+    "bench-data": Verb("a large prompt file against arith: time to the first lease, optimizer and worker "
+                       "memory (JSON)", _bench_data_flags, _bench_data),
     "bench-grpo": Verb("the GRPO baseline (TRL GRPOTrainer) on a task, held-out reward against training time "
                        "(JSON lines; needs hatchery[grpo])", _bench_grpo_flags, _bench_grpo),
     "breakdown": Verb("where a run's training time went, from its metrics.jsonl (JSON)", _breakdown_flags,

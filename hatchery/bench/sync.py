@@ -4,7 +4,8 @@ Each model trains a few generations with an optimizer and a reward service as
 gRPC servers on loopback in this process and one real Worker, whose optimizer
 traffic is counted message by message. After the join, only seeds and scalars
 should cross: the bytes per generation should not move with the model, while
-applying an update (one matmul per matrix) grows with it.
+applying an update (one matmul per matrix) grows with it. A lease carries its prompts'
+text and columns, counted apart, with one more row on a dataset's longer prompts.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import grpc
 
+from hatchery.bench.data import write_word_problems
 from hatchery.bench.throughput import tiny_model
 from hatchery.core.config import RunConfig, parse_config
 from hatchery.core.model import EMBEDDED, load_model, resolve_model
@@ -38,6 +40,7 @@ class ByteCounter(grpc.UnaryUnaryClientInterceptor):
 
     def __init__(self):
         self.bytes = 0
+        self.prompt_bytes = 0  # of those, the leases' prompts: their text, references and columns
         self.updates_received = 0
 
     def intercept_unary_unary(self, continuation, details, request):
@@ -47,6 +50,7 @@ class ByteCounter(grpc.UnaryUnaryClientInterceptor):
             self.bytes += request.ByteSize() + response.ByteSize()
         elif details.method.endswith("/GetWork") and (response.HasField("lease") or response.updates):
             self.bytes += request.ByteSize() + response.ByteSize()
+            self.prompt_bytes += sum(p.ByteSize() for p in response.lease.prompts)
             self.updates_received += len(response.updates)
         return outcome
 
@@ -87,17 +91,22 @@ def _random_llama(tokenizer, hidden: int, folder: Path) -> Path:
     return folder
 
 
-def sync_row(model_dir: Path, run_dir: Path, generations: int) -> dict:
+ARITH = {"heldout_size": 4, "max_new_tokens": 4}
+
+
+def sync_row(model_dir: Path, run_dir: Path, generations: int, task: dict = ARITH) -> dict:
     cfg = parse_config({"run_dir": str(run_dir), "model": {"source": str(model_dir)}, "grader": "length",
-                        "task": {"heldout_size": 4, "max_new_tokens": 4}, "es": {"population": 4, "rank": 1},
+                        "task": task, "es": {"population": 4, "rank": 1},
                         "train": {"generations": generations, "prompts_per_member": 1, "eval_every": 10_000,
                                   "checkpoint_every": 0, "time_budget_seconds": 0}})
     with loopback_run(cfg) as (coordinator, worker, counter):
         run_to_end(coordinator, worker)
     train = [s for s in coordinator.history if s.trained]
     return {
-        "model": model_dir.name, "parameters": sum(t.weight.numel() for t in coordinator.targets),
+        "model": model_dir.name, "task": cfg.task.name,
+        "parameters": sum(t.weight.numel() for t in coordinator.targets),
         "generations": len(train), "bytes_per_generation": counter.bytes / generations,
+        "prompt_bytes_per_generation": counter.prompt_bytes / generations,
         "updates_received": counter.updates_received,
         "worker_update_seconds_median": statistics.median(s.time_split["update"] for s in train[1:]),
         "optimizer_update_seconds_median": statistics.median(s.time_split["optimizer_update"] for s in train),
@@ -113,4 +122,9 @@ def run_sync_bench(widths: tuple[int, ...] = WIDTHS, smollm2: bool = True, gener
         if smollm2:
             folders.append(embedded)
         rows = [sync_row(folder, Path(tmp) / f"run-{i}", generations) for i, folder in enumerate(folders)]
+        problems = Path(tmp) / "word-problems.parquet"  # longer prompts, with a typed column
+        write_word_problems(problems, 64)
+        dataset = {"name": "dataset", "train": str(problems), "reference_key": "answer", "heldout_size": 4,
+                   "max_new_tokens": 4}
+        rows.append(sync_row(folders[0], Path(tmp) / "run-dataset", generations, dataset))
     return {"generations": generations, "population": 4, "rank": 1, "rows": rows}

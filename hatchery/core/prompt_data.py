@@ -31,7 +31,9 @@ FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "cs
 DEFAULT_MAX_NEW_TOKENS = 256
 MESSAGE_ROLES = ("system", "user", "assistant")
 EXACT_INTEGERS = 2**53  # a typed column is a JSON number (a double): whole numbers up to this are exact
-LENGTH_BATCH = 1024  # prompts templated and tokenized at a time when their lengths are checked
+LENGTH_BATCH = 1024  # prompts templated and tokenized at a time when their lengths are measured
+BOUND_CHECKS = 256  # rows measured exactly to check that the chat template keeps to the length bound
+SPARE_TOKENS = 2  # beyond one per byte: SentencePiece's leading marker, and one to spare
 
 
 def data_files(spec: Any, key: str) -> list[str]:
@@ -100,18 +102,35 @@ def _check_prompts(ds: datasets.Dataset, key: str, spec: Any, column: str) -> bo
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    values = ds.data.column(column).combine_chunks()
+    values = ds.data.column(column)  # chunked, as the table is mapped: not copied
     where = f"{_where(spec)}, column {column!r}"
     if pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
-        _check_messages(values, f"{key}: {where}")
+        _check_messages(values.combine_chunks(), f"{key}: {where}")
         return True
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
         raise ConfigError(f"{key}: {where} holds {values.type}, not text or a list of {{role, content}} messages")
-    bad = pc.or_kleene(pc.is_null(values), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(values)), 0))
+    blank = pc.or_(pc.equal(pc.utf8_length(values), 0), pc.utf8_is_space(values))  # no copy of the text
+    bad = pc.or_kleene(pc.is_null(values), blank)
     first = pc.index(bad, True).as_py()
     if first >= 0:
         raise ConfigError(f"{key}: {where}, row {first + 1}: the prompt is empty or missing")
     return False
+
+
+def _messages(values: Any, where: str) -> Any:
+    """A column of conversations as a list<struct> array: datasets keeps messages of varying
+    shape as JSON text (its Json feature), which is parsed here."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not isinstance(values.type.value_type, pa.BaseExtensionType):
+        return values
+    flat = pc.list_flatten(values)
+    try:
+        messages = pa.array([None if m is None else json.loads(m) for m in flat.storage.to_pylist()])
+    except (pa.ArrowException, ValueError, TypeError):
+        raise ConfigError(f"{where}: a conversation must be a list of {{role, content}} objects") from None
+    return pa.ListArray.from_arrays(pc.subtract(values.offsets, values.offsets[0]), messages, mask=values.is_null())
 
 
 def _check_messages(values: Any, where: str) -> None:
@@ -121,14 +140,7 @@ def _check_messages(values: Any, where: str) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if isinstance(values.type.value_type, pa.BaseExtensionType):  # datasets keeps messages of varying shape as JSON
-        flat = pc.list_flatten(values)
-        try:
-            messages = pa.array([None if m is None else json.loads(m) for m in flat.storage.to_pylist()])
-        except (pa.ArrowException, ValueError, TypeError):
-            raise ConfigError(f"{where}: a conversation must be a list of {{role, content}} objects") from None
-        values = pa.ListArray.from_arrays(pc.subtract(values.offsets, values.offsets[0]), messages,
-                                          mask=values.is_null())
+    values = _messages(values, where)
     item = values.type.value_type
     names = [f.name for f in item] if pa.types.is_struct(item) else []
     if "role" not in names or "content" not in names:
@@ -320,7 +332,15 @@ def file_task(cfg: RunConfig, spec: Any, key: str = "--data") -> Task:
 
 @dataclass(frozen=True)
 class _TokenLimit:
-    """The longest prompt, in tokens after the chat template, that a run takes."""
+    """The longest prompt, in tokens after the chat template, that a run takes.
+
+    Templating and tokenizing a million prompts takes minutes, so every row gets an upper
+    bound first, over whole Arrow columns: a token is at least one byte of text (byte-level
+    BPE; SentencePiece adds at most a leading marker), and a chat template adds the same text
+    around every conversation of the same roles. Only rows whose bound passes the limit are
+    measured exactly; if a sample of rows shows the template breaking the bound (it rewrites
+    content), every row is.
+    """
 
     tokens: int
     tokenizer: Any
@@ -329,21 +349,64 @@ class _TokenLimit:
 
     def fit(self, prompts: RowPrompts, key: str, spec: Any) -> RowPrompts:
         """The rows whose prompts fit; a longer one is refused by its row, or skipped."""
-        kept: list[int] = []
-        for start in range(0, len(prompts), LENGTH_BATCH):
-            batch = prompts[start:start + LENGTH_BATCH]
-            texts = format_prompts(self.tokenizer, [p.model_input for p in batch], self.chat_template)
-            for j, ids in enumerate(self.tokenizer(texts, add_special_tokens=False)["input_ids"]):
-                row = prompts.rows[start + j]
-                if len(ids) <= self.tokens:
-                    kept.append(row)
-                elif not self.skip:
-                    raise ConfigError(f"{key}: {_where(spec)}, row {row + 1}: the prompt is {len(ids)} tokens after "
-                                      f"the chat template; task.max_prompt_tokens allows {self.tokens} "
-                                      "(or set task.long_prompts: skip)")
-        if not kept:
+        import numpy as np
+
+        rows = np.asarray(prompts.rows, dtype=np.int64)
+        bounds = self._bounds(prompts)[rows]
+        sample = np.unique(np.linspace(0, len(rows) - 1, min(len(rows), BOUND_CHECKS)).astype(np.int64))
+        unbounded = (self._measure(prompts, rows[sample]) > bounds[sample]).any()
+        suspects = np.arange(len(rows)) if unbounded else np.flatnonzero(bounds > self.tokens)
+        too_long = []
+        for start in range(0, len(suspects), LENGTH_BATCH):
+            batch = suspects[start:start + LENGTH_BATCH]
+            lengths = self._measure(prompts, rows[batch])
+            if not self.skip and (lengths > self.tokens).any():
+                first = int(np.argmax(lengths > self.tokens))
+                raise ConfigError(f"{key}: {_where(spec)}, row {rows[batch[first]] + 1}: the prompt is "
+                                  f"{lengths[first]} tokens after the chat template; task.max_prompt_tokens "
+                                  f"allows {self.tokens} (or set task.long_prompts: skip)")
+            too_long.append(batch[lengths > self.tokens])
+        kept = np.delete(rows, np.concatenate(too_long)) if too_long else rows
+        if not len(kept):
             raise ConfigError(f"{key}: every prompt of {_where(spec)} is longer than {self.tokens} tokens")
         return RowPrompts(prompts.ds, kept, prompts.columns)
+
+    def _measure(self, prompts: RowPrompts, rows: Any) -> Any:
+        """Exact lengths in tokens of these rows' prompts, as the model will read them."""
+        import numpy as np
+
+        batch = RowPrompts(prompts.ds, rows, prompts.columns)[:]
+        texts = format_prompts(self.tokenizer, [p.model_input for p in batch], self.chat_template)
+        return np.array([len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]],
+                        dtype=np.int64)
+
+    def _bounds(self, prompts: RowPrompts) -> Any:
+        """An upper bound on every row's length in tokens, by table row."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        values = prompts.ds.data.column(prompts.columns.prompt)
+        if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+            sentinel = TaskPrompt("x")
+            if prompts.columns.system_prompt:
+                sentinel = sentinel.with_system_prompt(prompts.columns.system_prompt)
+            text_bytes = pc.binary_length(values).to_numpy(zero_copy_only=False)
+            return text_bytes + self._template_bytes(sentinel.model_input, 1) + SPARE_TOKENS
+        values = _messages(values.combine_chunks(), "")
+        flat, owners = pc.list_flatten(values), pc.list_parent_indices(values).to_numpy()
+        content_bytes = pc.binary_length(pc.struct_field(flat, "content")).to_numpy(zero_copy_only=False)
+        text_bytes = np.bincount(owners, weights=content_bytes, minlength=len(values)).astype(np.int64)
+        roles = pa.ListArray.from_arrays(pc.subtract(values.offsets, values.offsets[0]), pc.struct_field(flat, "role"))
+        shapes = pc.dictionary_encode(pc.binary_join(roles, ","))  # rows with the same roles in the same order
+        around = [self._template_bytes([{"role": r, "content": "x"} for r in shape.split(",")], shape.count(",") + 1)
+                  for shape in shapes.dictionary.to_pylist()]
+        return text_bytes + np.asarray(around, dtype=np.int64)[shapes.indices.to_numpy()] + SPARE_TOKENS
+
+    def _template_bytes(self, prompt: Any, row_bytes: int) -> int:
+        """The bytes the template adds around a prompt whose row gives `row_bytes` of it."""
+        (text,) = format_prompts(self.tokenizer, [prompt], self.chat_template)
+        return len(text.encode()) - row_bytes
 
 
 def _prompt_token_limit(cfg: RunConfig, max_new_tokens: int) -> _TokenLimit:

@@ -45,11 +45,16 @@ def _train(model_dir, run_dir, tamper: bool = False):
 def test_traffic_per_generation_does_not_grow_with_the_model():
     """`hatchery bench-sync` on two random Llamas, one four times the other."""
     report = run_sync_bench(widths=(32, 64), smollm2=False, generations=GENERATIONS)
-    small, large = report["rows"]
+    small, large, dataset = report["rows"]
     assert large["parameters"] >= 3.9 * small["parameters"]
     assert small["updates_received"] == large["updates_received"] == GENERATIONS  # records, never weights
     assert small["bytes_per_generation"] == large["bytes_per_generation"] > 0
     assert small["worker_update_seconds_median"] > 0 and large["optimizer_update_seconds_median"] > 0
+    # a dataset's longer prompts and columns cost what they weigh, on the same model: nothing else moves
+    assert (dataset["task"], dataset["parameters"]) == ("dataset", small["parameters"])
+    assert dataset["prompt_bytes_per_generation"] > small["prompt_bytes_per_generation"] > 0
+    assert abs((dataset["bytes_per_generation"] - dataset["prompt_bytes_per_generation"])
+               - (small["bytes_per_generation"] - small["prompt_bytes_per_generation"])) <= 8
 
 
 def test_a_tampered_worker_is_caught_resynced_and_changes_nothing(tiny_llama_dir, tmp_path):

@@ -258,3 +258,61 @@ def test_eval_on_a_data_file_refuses_bad_data_before_loading_a_model(tmp_path, c
     assert main(["eval", "no-model-here", "--data", _write(tmp_path, "jsonl"), "--grader", "length",
                  "--prompt-key", "question"]) == 2
     assert "has no column 'question'" in capsys.readouterr().err
+
+
+def _tiny_with_template(tmp_path, tiny_llama_dir, template: str):
+    import shutil
+
+    from transformers import AutoTokenizer
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(folder)
+    return folder, tokenizer
+
+
+def test_the_length_bound_never_lets_a_long_prompt_through(tmp_path, tiny_llama_dir):
+    """Rows are measured exactly only when a cheap upper bound (a token per byte) passes the limit;
+    a template that rewrites content breaks that bound, and then every row is measured."""
+    from hatchery.core.model import format_prompts
+    doubling = "{% for m in messages %}{{ m['content'] }}{{ m['content'] }}{% endfor %}"
+    folder, tokenizer = _tiny_with_template(tmp_path, tiny_llama_dir, doubling)
+    rows = [dict(r) for r in ROWS]
+    rows[11]["prompt"] = "~`|\\^" * 12
+    (text,) = format_prompts(tokenizer, [rows[11]["prompt"]], True)
+    exact, bound = len(tokenizer(text, add_special_tokens=False)["input_ids"]), 60 + 1 + 2
+    assert exact > bound  # doubled, the prompt is longer than its bound says
+    train = _write(tmp_path, "jsonl", rows)
+    with pytest.raises(ConfigError, match=rf"row 12: the prompt is {exact} tokens .* allows {bound}"):
+        parse_config({"model": {"source": str(folder)}, "grader": "numeric",
+                      "task": {"name": "dataset", "train": train, "heldout_size": 5, "max_prompt_tokens": bound}})
+
+
+def test_a_prompt_over_its_bound_but_within_the_limit_is_kept(tmp_path, tiny_llama_dir, tiny_tokenizer):
+    from hatchery.core.model import format_prompts
+    rows = [dict(r) for r in ROWS]
+    rows[3]["prompt"] = "What is 3 + 3? " * 12
+    (text,) = format_prompts(tiny_tokenizer, [rows[3]["prompt"]], True)
+    exact = len(tiny_tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert exact < len(text.encode())  # BPE merges: fewer tokens than bytes, so the bound alone would refuse it
+    task = run_task(parse_config({"model": {"source": str(tiny_llama_dir)}, "grader": "numeric",
+                                  "task": {"name": "dataset", "train": _write(tmp_path, "jsonl", rows),
+                                           "heldout_size": 5, "max_prompt_tokens": exact}}))
+    assert len(task.train) + len(task.heldout) == 20
+
+
+def test_the_word_problems_example_is_what_its_script_writes_and_its_config_runs(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hatchery.core.config import load_config
+    example = Path(__file__).resolve().parents[2] / "examples" / "word-problems"
+    subprocess.run([sys.executable, str(example / "make_data.py"), "--out", str(tmp_path)], check=True)
+    for name in ("train.jsonl", "test.jsonl"):
+        assert (tmp_path / name).read_bytes() == (example / name).read_bytes(), name
+    monkeypatch.chdir(example.parents[1])  # the config names its files from the repository root
+    task = run_task(load_config(example / "run.yaml"))
+    assert (len(task.train), len(task.heldout)) == (320, 64)
+    assert set(task.heldout[0].columns) == {"steps", "kind"} and isinstance(task.heldout[0].columns["steps"], int)
