@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import random
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
     from hatchery.core.config import RunConfig, TaskConfig
 
+log = logging.getLogger("hatchery.data")
 FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 DEFAULT_MAX_NEW_TOKENS = 256
 MESSAGE_ROLES = ("system", "user", "assistant")
@@ -369,6 +371,9 @@ class _TokenLimit:
         kept = np.delete(rows, np.concatenate(too_long)) if too_long else rows
         if not len(kept):
             raise ConfigError(f"{key}: every prompt of {_where(spec)} is longer than {self.tokens} tokens")
+        if len(kept) < len(rows):
+            log.warning("%s: %d of %d prompts of %s are longer than %d tokens; they are skipped (task.long_prompts)",
+                        key, len(rows) - len(kept), len(rows), _where(spec), self.tokens)
         return RowPrompts(prompts.ds, kept, prompts.columns)
 
     def _measure(self, prompts: RowPrompts, rows: Any) -> Any:

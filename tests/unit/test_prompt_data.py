@@ -218,7 +218,7 @@ def test_bad_conversations_are_refused_naming_row_and_message(tmp_path, rows, me
         _config(tmp_path, train=str(tmp_path / "chats.jsonl"))
 
 
-def test_prompts_longer_than_the_model_may_read_are_refused_by_row_or_skipped(tmp_path, tiny_llama_dir):
+def test_prompts_longer_than_the_model_may_read_are_refused_by_row_or_skipped(tmp_path, tiny_llama_dir, caplog):
     rows = [dict(r) for r in ROWS]
     rows[13]["prompt"] = "What is 13 + 13? " * 40
     train = _write(tmp_path, "jsonl", rows)
@@ -232,7 +232,9 @@ def test_prompts_longer_than_the_model_may_read_are_refused_by_row_or_skipped(tm
         config(max_prompt_tokens=100)
     with pytest.raises(ConfigError, match=r"row 14: .* allows 240"):  # the tiny model's context is 256 tokens
         config(max_new_tokens=16)
-    skipped = run_task(config(max_prompt_tokens=100, long_prompts="skip"))
+    with caplog.at_level("WARNING", logger="hatchery.data"):
+        skipped = run_task(config(max_prompt_tokens=100, long_prompts="skip"))
+    assert "1 of 15 prompts of" in caplog.text and "longer than 100 tokens; they are skipped" in caplog.text
     assert len(skipped.train) + len(skipped.heldout) == 19
     assert all("13 + 13" not in p.text for p in [*skipped.train, *skipped.heldout])
     with pytest.raises(ConfigError, match="task.long_prompts: must be refuse or skip"):
@@ -316,3 +318,22 @@ def test_the_word_problems_example_is_what_its_script_writes_and_its_config_runs
     task = run_task(load_config(example / "run.yaml"))
     assert (len(task.train), len(task.heldout)) == (320, 64)
     assert set(task.heldout[0].columns) == {"steps", "kind"} and isinstance(task.heldout[0].columns["steps"], int)
+
+
+def test_a_bad_row_in_a_million_is_named_before_anything_starts(tmp_path):
+    import pyarrow.parquet as pq
+
+    prompts = [f"What is {i % 97} + 1?" for i in range(1_000_000)]
+    prompts[999_998] = " \t"
+    pq.write_table(pa.table({"prompt": prompts, "answer": ["1"] * len(prompts)}), tmp_path / "big.parquet")
+    with pytest.raises(ConfigError, match=r"big.parquet, column 'prompt', row 999999: the prompt is empty or missing"):
+        _config(tmp_path, train=str(tmp_path / "big.parquet"))
+
+
+def test_a_file_that_cannot_be_read_is_refused_naming_it(tmp_path):
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(ConfigError, match=r"task.train: cannot read .*broken.parquet: "):
+        _config(tmp_path, train=str(tmp_path / "broken.parquet"))
+    (tmp_path / "broken.jsonl").write_text('{"prompt": "ok", "answer": "1"}\n{"prompt": \n')
+    with pytest.raises(ConfigError, match=r"task.train: cannot read .*broken.jsonl: "):
+        _config(tmp_path, train=str(tmp_path / "broken.jsonl"))
