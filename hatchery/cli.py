@@ -131,6 +131,17 @@ def _health_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--service", default="", help="the service name to ask about; empty: the server as a whole")
 
 
+def _conformance_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("address", help="host:port of the reward service to check")
+    p.add_argument("--grader", default="", help="the grader the rules score with; default: the server's default")
+    p.add_argument("--token-env", default="", metavar="VAR",
+                   help="an environment variable holding the service's bearer token (then the auth rule runs)")
+    p.add_argument("--samples", default="", metavar="JSONL",
+                   help="your own samples (JSON lines of prompt, completion, reference, metadata), added to the kit's")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds each call may take")
+    p.add_argument("--json", action="store_true", help="the findings as JSON")
+
+
 def _status_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("address", help="host:port of the optimizer")
 
@@ -327,6 +338,23 @@ def _health(args: argparse.Namespace, tls: Any) -> int:
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def _conformance(args: argparse.Namespace, tls: Any) -> int:
+    from hatchery.conformance import Probe, check, read_samples
+
+    if args.token_env and args.token_env not in os.environ:
+        print(f"hatchery conformance: --token-env: ${args.token_env} is not set", file=sys.stderr)
+        return 2
+    try:
+        samples = read_samples(args.samples) if args.samples else []
+    except (OSError, ValueError) as err:
+        print(f"hatchery conformance: --samples: {err}", file=sys.stderr)
+        return 2
+    token = os.environ.get(args.token_env, "") if args.token_env else ""
+    report = check(Probe(args.address, args.grader, token, tls, args.timeout, samples))
+    print(report.to_json() if args.json else "\n".join(report.lines()))
+    return 1 if report.failed else 0
+
+
 def _status(args: argparse.Namespace, tls: Any) -> int:
     from google.protobuf import json_format
 
@@ -487,6 +515,8 @@ VERBS: dict[str, Verb] = {
     "health": Verb("exit 0 when a service answers grpc.health.v1 SERVING (probes, helm test)", _health_flags,
                    _health, env=True, tls=True),
     "status": Verb("print an optimizer's status as JSON", _status_flags, _status, env=True, tls=True),
+    "conformance": Verb("check a reward service, in any language, against the hatchery.v1.RewardService contract",
+                        _conformance_flags, _conformance, tls=True),
     "bench": Verb("EGGROLL vs unperturbed vs naive ES generation throughput (JSON, plots)", _bench_flags, _bench),
     "bench-reward": Verb("reward samples/s over gRPC vs in-process (JSON)", _bench_reward_flags, _bench_reward),
     "bench-sync": Verb("bytes on the wire and update time per generation against model size (JSON)",

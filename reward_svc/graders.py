@@ -129,18 +129,22 @@ def first_integer(prompt: str, completion: str, reference: str, metadata: Mappin
 
 
 _THINK_THEN_ANSWER = "</think>\n<answer>"
-_EQUATION_CHARS = re.compile(r"[0-9+\-*/() ]+")
-_TOKEN = re.compile(r"\s*([0-9]+|[-+*/()])")
+# The paper's ^[0-9+\-*/() ]+$ as Python reads it: its $ also matches before one final newline.
+_EQUATION = re.compile(r"[0-9+\-*/() ]+\n?")
+_TOKEN = re.compile(r" *([0-9]+|//|[-+*/()])")
 MAX_EQUATION_CHARS = 1000
 MAX_NESTING = 100
+TOLERANCE = Fraction(1, 100_000)  # the paper's abs(float(result) - float(target)) < 1e-5
 
 
 def evaluate_equation(expression: str) -> Fraction:
-    """The exact value of + - * / over non-negative integer literals and parentheses.
+    """The exact value of an answer as Python's eval reads + - * / // over integer
+    literals and parentheses (floor division floors the exact quotient).
 
-    Nothing else parses: no unary minus, no ** or //, no implicit multiplication,
-    at most MAX_NESTING levels of parentheses. Raises ValueError for what does not
-    parse and ZeroDivisionError for a division by zero.
+    Refused as the paper's eval refuses it: an integer literal with a leading zero (07),
+    implicit multiplication. Refused unlike it (rewards.md says why): ** and unary
+    minus or plus, more than MAX_NESTING levels of parentheses. Raises ValueError for what
+    does not parse and ZeroDivisionError for a division by zero.
     """
     tokens = _TOKEN.findall(expression)
     if "".join(tokens) != expression.replace(" ", ""):
@@ -163,8 +167,9 @@ def evaluate_equation(expression: str) -> Fraction:
 
     def term(depth: int) -> Fraction:
         value = factor(depth)
-        while peek() in ("*", "/"):
-            value = value * factor(depth) if take() == "*" else value / factor(depth)
+        while peek() in ("*", "/", "//"):
+            op, operand = take(), factor(depth)
+            value = value * operand if op == "*" else value / operand if op == "/" else Fraction(value // operand)
         return value
 
     def factor(depth: int) -> Fraction:
@@ -179,6 +184,8 @@ def evaluate_equation(expression: str) -> Fraction:
             return value
         if token is None or not token.isdigit():
             raise ValueError(f"expected a number, got {token!r}")
+        if token[0] == "0" and token.strip("0"):
+            raise ValueError(f"{token}: Python refuses an integer literal with a leading zero")
         return Fraction(int(token))
 
     value = expr(0)
@@ -201,28 +208,30 @@ def answer_blocks(text: str) -> list[str]:
 
 
 def countdown_format(response: str) -> float:
-    """1.0 for the layout <think>...</think>\n<answer>...</answer> and nothing after, else 0.1
-    when the think block is closed + 0.5 when an answer block exists. The prompt ends with
-    <think>, so the response continues it."""
-    split = response.find(_THINK_THEN_ANSWER)
-    if split >= 0 and response.endswith("</answer>") and split + len(_THINK_THEN_ANSWER) <= len(response) - len(
-            "</answer>"):
+    """1.0 for the layout <think>...</think>\n<answer>...</answer> with nothing after but one
+    newline (Python's $), else 0.1 when the think block is closed + 0.5 when an answer
+    block exists. The prompt ends with <think>, so the response continues it."""
+    body = response.removesuffix("\n")
+    split = body.find(_THINK_THEN_ANSWER)
+    if split >= 0 and body.endswith("</answer>") and split + len(_THINK_THEN_ANSWER) <= len(body) - len("</answer>"):
         return 1.0
     return (0.1 if "</think>" in response else 0.0) + (0.5 if answer_blocks(response) else 0.0)
 
 
 def countdown_answer(response: str, numbers: list[int], target: int) -> float:
-    """1.0 if the last <answer> uses exactly the given numbers and hits the target."""
+    """1.0 if the last <answer> holds only digits, + - * / ( ) and spaces (and one final
+    newline), uses exactly the given numbers and comes within 1e-5 of the target."""
     answers = answer_blocks(response)
     if not answers:
         return 0.0
-    equation = answers[-1].strip(WHITESPACE)
-    if len(equation) > MAX_EQUATION_CHARS or not _EQUATION_CHARS.fullmatch(equation):
+    content = answers[-1]
+    if len(content) > MAX_EQUATION_CHARS or not _EQUATION.fullmatch(content):
         return 0.0
+    equation = content.removesuffix("\n")
     if Counter(int(n) for n in re.findall(r"[0-9]+", equation)) != Counter(numbers):
         return 0.0
     try:
-        return 1.0 if evaluate_equation(equation) == target else 0.0
+        return 1.0 if abs(evaluate_equation(equation) - target) < TOLERANCE else 0.0
     except (ValueError, ZeroDivisionError):
         return 0.0
 

@@ -76,7 +76,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         names = [self.default] + sorted(set(self.graders) - {self.default})
         sub_scores = sorted({sub for g in self.graders.values() for sub in g.sub_score_names})
         return pb.DescribeResponse(name="hatchery-builtin", version=__version__, graders=names,
-                                   sub_score_names=sub_scores)
+                                   sub_score_names=sub_scores, max_samples=MAX_SAMPLES)
 
 
 def reward_server(default_grader: str = "first_integer", host: str = "127.0.0.1", port: int = 0,

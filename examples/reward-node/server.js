@@ -12,6 +12,8 @@ const fs = require('node:fs');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
+const { ReflectionService } = require('@grpc/reflection');
+const { HealthImplementation } = require('grpc-health-check');
 const { version } = require('./package.json');
 
 const PROTOS = path.join(__dirname, '..', '..', 'protos');
@@ -57,12 +59,17 @@ const ARITHMETIC = {
   '-': ([a, b], [c, d]) => fraction(a * d - c * b, b * d),
   '*': ([a, b], [c, d]) => fraction(a * c, b * d),
   '/': ([a, b], [c, d]) => fraction(a * d, b * c),
+  '//': (x, y) => { // Python's floor division: the floor of the exact quotient
+    const [n, d] = ARITHMETIC['/'](x, y);
+    return [n / d - (n % d < 0n ? 1n : 0n), 1n];
+  },
 };
 
-// expr := term (('+'|'-') term)* ; term := factor (('*'|'/') factor)* ; factor := INTEGER | '(' expr ')'
-// No unary minus, no ** or //, no implicit multiplication, at most MAX_NESTING nested parentheses.
+// expr := term (('+'|'-') term)* ; term := factor (('*'|'/'|'//') factor)* ; factor := INTEGER | '(' expr ')'
+// As Python's eval reads it, exactly: no literal with a leading zero (07), no implicit multiplication; and
+// unlike it (docs/rewards.md says why): no ** or unary minus, at most MAX_NESTING nested parentheses.
 function evaluateEquation(equation) {
-  const tokens = equation.match(/[0-9]+|[-+*/()]/g) || []; // the caller allows only these and spaces
+  const tokens = equation.match(/[0-9]+|\/\/|[-+*/()]/g) || []; // the caller allows only these and spaces
   let pos = 0;
   const chain = (ops, operand, depth) => { // left-associative: 8-2-1 is (8-2)-1
     let value = operand(depth);
@@ -70,7 +77,7 @@ function evaluateEquation(equation) {
     return value;
   };
   const expr = (depth) => chain(['+', '-'], term, depth);
-  const term = (depth) => chain(['*', '/'], factor, depth);
+  const term = (depth) => chain(['*', '/', '//'], factor, depth);
   function factor(depth) {
     const token = tokens[pos++];
     if (token === '(') {
@@ -80,6 +87,7 @@ function evaluateEquation(equation) {
       return value;
     }
     if (!/^[0-9]+$/.test(token ?? '')) throw new BadEquation(`expected a number, got ${token}`);
+    if (/^0+[1-9]/.test(token)) throw new BadEquation(`${token}: Python refuses a literal with a leading zero`);
     return [BigInt(token), 1n];
   }
   const value = expr(0);
@@ -110,20 +118,23 @@ function asIntegerText(value) { // an integer column's number as its digits; any
 // ---------- the graders: sample -> {score, sub_scores}; throw NotApplicable, or anything else for FAILED ----------
 
 function countdownFormat(response) { // the prompt ends with <think>, so the response continues it
-  if (/^<think>.*?<\/think>\n<answer>.*?<\/answer>$/s.test('<think>' + response)) return 1.0;
+  // Python's $ also matches before one final newline: so may this
+  if (/^<think>.*?<\/think>\n<answer>.*?<\/answer>\n?$/s.test('<think>' + response)) return 1.0;
   return (response.includes('</think>') ? 0.1 : 0.0) + (/<answer>.*?<\/answer>/s.test(response) ? 0.5 : 0.0);
 }
 
 function countdownAnswer(response, numbers, target) { // 1 if the last answer uses exactly the numbers, hits target
   const answers = [...response.matchAll(/<answer>(.*?)<\/answer>/gs)];
   if (!answers.length) return 0.0;
-  const equation = strip(answers[answers.length - 1][1]);
-  if (equation.length > MAX_EQUATION_CHARS || !/^[0-9+\-*/() ]+$/.test(equation)) return 0.0;
+  const content = answers[answers.length - 1][1]; // spaces and one final newline allowed, as Python's $ does
+  if (content.length > MAX_EQUATION_CHARS || !/^[0-9+\-*/() ]+\n?$/.test(content)) return 0.0;
+  const equation = content.replace(/\n$/, '');
   const used = (equation.match(/[0-9]+/g) || []).map(canonicalInteger);
   if ([...used].sort().join() !== [...numbers].sort().join()) return 0.0; // each number exactly once
   try {
-    const [n, d] = evaluateEquation(equation);
-    return n === target && d === 1n ? 1.0 : 0.0;
+    const [n, d] = evaluateEquation(equation); // within 1e-5 of the target, as the paper's float comparison
+    const off = n - target * d;
+    return 100000n * (off < 0n ? -off : off) < d ? 1.0 : 0.0;
   } catch (err) {
     if (err instanceof BadEquation) return 0.0;
     throw err;
@@ -208,7 +219,8 @@ function service(defaultGrader) {
     },
     Describe(call, callback) {
       const graders = [defaultGrader, ...ALL.filter((n) => n !== defaultGrader)]; // the default first
-      callback(null, { name: 'hatchery-node-example', version, graders, sub_score_names: ['format', 'answer'] });
+      callback(null, { name: 'hatchery-node-example', version, graders, sub_score_names: ['format', 'answer'],
+        max_samples: MAX_SAMPLES });
     },
   };
 }
@@ -258,6 +270,8 @@ function main() {
   const token = process.env.HATCHERY_REWARD_TOKEN || '';
   const handlers = service(flags['default-grader']);
   server.addService(RewardService.service, token ? withBearerToken(handlers, token) : handlers);
+  new HealthImplementation({ '': 'SERVING', 'hatchery.v1.RewardService': 'SERVING' }).addToServer(server); // probes
+  new ReflectionService(definition).addToServer(server); // grpcurl and `hatchery conformance` list the service
   const address = `${flags.host.includes(':') ? `[${flags.host}]` : flags.host}:${flags.port}`;
   server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, port) => {
     if (err) { console.error(`cannot bind ${address}: ${err.message}`); process.exit(1); }

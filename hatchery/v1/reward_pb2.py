@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18hatchery/v1/reward.proto\x12\x0bhatchery.v1\x1a\x1cgoogle/protobuf/struct.proto\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xf7\x01\n\x06Sample\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\ncompletion\x18\x02 \x01(\t\x12\x11\n\treference\x18\x03 \x01(\t\x12\x33\n\x08metadata\x18\x04 \x03(\x0b\x32!.hatchery.v1.Sample.MetadataEntry\x12(\n\x07\x63olumns\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12&\n\x08messages\x18\x06 \x03(\x0b\x32\x14.hatchery.v1.Message\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"D\n\x0cScoreRequest\x12$\n\x07samples\x18\x01 \x03(\x0b\x32\x13.hatchery.v1.Sample\x12\x0e\n\x06grader\x18\x02 \x01(\t\"\xc4\x01\n\x0bSampleScore\x12\r\n\x05score\x18\x01 \x01(\x01\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.hatchery.v1.ScoreStatus\x12;\n\nsub_scores\x18\x03 \x03(\x0b\x32\'.hatchery.v1.SampleScore.SubScoresEntry\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x1a\x30\n\x0eSubScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\":\n\rScoreResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.hatchery.v1.SampleScore\"\x11\n\x0f\x44\x65scribeRequest\"[\n\x10\x44\x65scribeResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07graders\x18\x03 \x03(\t\x12\x17\n\x0fsub_score_names\x18\x04 \x03(\t*\x96\x01\n\x0bScoreStatus\x12\x1c\n\x18SCORE_STATUS_UNSPECIFIED\x10\x00\x12\x13\n\x0fSCORE_STATUS_OK\x10\x01\x12\x17\n\x13SCORE_STATUS_FAILED\x10\x02\x12\x1a\n\x16SCORE_STATUS_TIMED_OUT\x10\x03\x12\x1f\n\x1bSCORE_STATUS_NOT_APPLICABLE\x10\x04\x32\x98\x01\n\rRewardService\x12>\n\x05Score\x12\x19.hatchery.v1.ScoreRequest\x1a\x1a.hatchery.v1.ScoreResponse\x12G\n\x08\x44\x65scribe\x12\x1c.hatchery.v1.DescribeRequest\x1a\x1d.hatchery.v1.DescribeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18hatchery/v1/reward.proto\x12\x0bhatchery.v1\x1a\x1cgoogle/protobuf/struct.proto\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xf7\x01\n\x06Sample\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\ncompletion\x18\x02 \x01(\t\x12\x11\n\treference\x18\x03 \x01(\t\x12\x33\n\x08metadata\x18\x04 \x03(\x0b\x32!.hatchery.v1.Sample.MetadataEntry\x12(\n\x07\x63olumns\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12&\n\x08messages\x18\x06 \x03(\x0b\x32\x14.hatchery.v1.Message\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"D\n\x0cScoreRequest\x12$\n\x07samples\x18\x01 \x03(\x0b\x32\x13.hatchery.v1.Sample\x12\x0e\n\x06grader\x18\x02 \x01(\t\"\xc4\x01\n\x0bSampleScore\x12\r\n\x05score\x18\x01 \x01(\x01\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.hatchery.v1.ScoreStatus\x12;\n\nsub_scores\x18\x03 \x03(\x0b\x32\'.hatchery.v1.SampleScore.SubScoresEntry\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x1a\x30\n\x0eSubScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\":\n\rScoreResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.hatchery.v1.SampleScore\"\x11\n\x0f\x44\x65scribeRequest\"p\n\x10\x44\x65scribeResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07graders\x18\x03 \x03(\t\x12\x17\n\x0fsub_score_names\x18\x04 \x03(\t\x12\x13\n\x0bmax_samples\x18\x05 \x01(\r*\x96\x01\n\x0bScoreStatus\x12\x1c\n\x18SCORE_STATUS_UNSPECIFIED\x10\x00\x12\x13\n\x0fSCORE_STATUS_OK\x10\x01\x12\x17\n\x13SCORE_STATUS_FAILED\x10\x02\x12\x1a\n\x16SCORE_STATUS_TIMED_OUT\x10\x03\x12\x1f\n\x1bSCORE_STATUS_NOT_APPLICABLE\x10\x04\x32\x98\x01\n\rRewardService\x12>\n\x05Score\x12\x19.hatchery.v1.ScoreRequest\x1a\x1a.hatchery.v1.ScoreResponse\x12G\n\x08\x44\x65scribe\x12\x1c.hatchery.v1.DescribeRequest\x1a\x1d.hatchery.v1.DescribeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLE_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_SAMPLESCORE_SUBSCORESENTRY']._loaded_options = None
   _globals['_SAMPLESCORE_SUBSCORESENTRY']._serialized_options = b'8\001'
-  _globals['_SCORESTATUS']._serialized_start=805
-  _globals['_SCORESTATUS']._serialized_end=955
+  _globals['_SCORESTATUS']._serialized_start=826
+  _globals['_SCORESTATUS']._serialized_end=976
   _globals['_MESSAGE']._serialized_start=71
   _globals['_MESSAGE']._serialized_end=111
   _globals['_SAMPLE']._serialized_start=114
@@ -55,7 +55,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DESCRIBEREQUEST']._serialized_start=692
   _globals['_DESCRIBEREQUEST']._serialized_end=709
   _globals['_DESCRIBERESPONSE']._serialized_start=711
-  _globals['_DESCRIBERESPONSE']._serialized_end=802
-  _globals['_REWARDSERVICE']._serialized_start=958
-  _globals['_REWARDSERVICE']._serialized_end=1110
+  _globals['_DESCRIBERESPONSE']._serialized_end=823
+  _globals['_REWARDSERVICE']._serialized_start=979
+  _globals['_REWARDSERVICE']._serialized_end=1131
 # @@protoc_insertion_point(module_scope)

@@ -90,13 +90,15 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("name", "version", "graders", "sub_score_names")
+    __slots__ = ("name", "version", "graders", "sub_score_names", "max_samples")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     GRADERS_FIELD_NUMBER: _ClassVar[int]
     SUB_SCORE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    MAX_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     graders: _containers.RepeatedScalarFieldContainer[str]
     sub_score_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., graders: _Optional[_Iterable[str]] = ..., sub_score_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_samples: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., graders: _Optional[_Iterable[str]] = ..., sub_score_names: _Optional[_Iterable[str]] = ..., max_samples: _Optional[int] = ...) -> None: ...

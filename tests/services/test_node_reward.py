@@ -55,17 +55,24 @@ CASES = [
     (countdown("3*5+7"), {"countdown": 1.1}),
     (countdown("3*5-7"), {"countdown": 0.1}),  # wrong value
     (countdown("3*5+7", think=""), {"countdown": 1.05}),  # no </think>: format 0.5
-    (countdown("3*5+7", after="\n"), {"countdown": 1.06}),  # anything after </answer>, even \n: format 0.6
+    (countdown("3*5+7", after="\n"), {"countdown": 1.1}),  # one final \n: Python's $ allows it (Qiu et al.)
+    (countdown("3*5+7", after="\n\n"), {"countdown": 1.06}),  # anything more after </answer>: format 0.6
     (countdown("3*5+7", think="x</think>\r\n"), {"countdown": 1.06}),  # \r\n is not \n
-    (countdown("\t\v\f 3*5+7 \r\n"), {"countdown": 1.1}),  # ASCII whitespace stripped
+    (countdown("  3*5+7 "), {"countdown": 1.1}),  # spaces anywhere
+    (countdown("3*5+7\n"), {"countdown": 1.1}),  # and one final newline, as Python's $ allows
+    (countdown("\t\v\f 3*5+7 \r\n"), {"countdown": 0.1}),  # other whitespace is not an equation character
     (countdown("\u00a03*5+7"), {"countdown": 0.1}),  # a non-breaking space is not
     (countdown("\u0663*5+7"), {"countdown": 0.1}),  # nor is an Arabic-Indic 3 a digit
     (countdown("3*3+5+7", target="21"), {"countdown": 0.1}),  # a number used twice
     (countdown("3*5", target="15"), {"countdown": 0.1}),  # a number missing
-    (countdown("07+3*5"), {"countdown": 1.1}),  # 07 is the number 7
+    (countdown("07+3*5"), {"countdown": 0.1}),  # Python's eval refuses the literal 07, so Qiu et al. score 0
+    (countdown("00+22", numbers="0,22", target="22"), {"countdown": 1.1}),  # 00 it reads: 0
     (countdown("7/(5-5)", numbers="5,5,7", target="0"), {"countdown": 0.1}),  # division by zero
     (countdown("2 ** 3", numbers="2,3", target="8"), {"countdown": 0.1}),
-    (countdown("7 // 2", numbers="7,2", target="3"), {"countdown": 0.1}),
+    (countdown("7 // 2", numbers="7,2", target="3"), {"countdown": 1.1}),  # floor division, as Python's
+    (countdown("(2-7) // 2", numbers="2,7,2", target="-3"), {"countdown": 1.1}),  # floors towards -infinity
+    (countdown("7 / / 2", numbers="7,2", target="3"), {"countdown": 0.1}),
+    (countdown("7//(5-5)", numbers="7,5,5", target="0"), {"countdown": 0.1}),
     (countdown("-5+3", numbers="3,5", target="-2"), {"countdown": 0.1}),  # no unary minus
     (countdown("3 (5) + 7"), {"countdown": 0.1}),  # no implicit multiplication
     (countdown("3*5+7=22"), {"countdown": 0.1}),  # a character outside the equation alphabet
@@ -79,7 +86,9 @@ CASES = [
     (countdown(ONES.replace(" ", "  "), numbers=",".join(["1"] * 500), target="500"), {"countdown": 0.1}),  # 1001
     (countdown("(1/10+2/10)*10", numbers="1,10,2,10,10", target="3"), {"countdown": 1.1}),  # floats miss: exact
     (countdown("100000000000000000001/100000000000000000000", numbers="100000000000000000001,100000000000000000000",
-               target="1"), {"countdown": 0.1}),  # floats hit: exact
+               target="1"), {"countdown": 1.1}),  # within 1e-5 of the target, as Qiu et al.'s float comparison
+    (countdown("1000001/1000000", numbers="1000001,1000000", target="1"), {"countdown": 1.1}),  # 1e-6 off: a hit
+    (countdown("100001/100000", numbers="100001,100000", target="1"), {"countdown": 0.1}),  # 1e-5 off: a miss
     (countdown("(100000000000000000001-100000000000000000000)*7",
                numbers="100000000000000000001,100000000000000000000,7", target="7"), {"countdown": 1.1}),
     (countdown("7/2*2-7/2*2", numbers="7,2,2,7,2,2", target="-0"), {"countdown": 1.1}),  # -0 is 0
@@ -279,3 +288,15 @@ def test_node_bearer_token_and_clean_exit(start_node):
     ch.close()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 0
+
+
+def test_the_node_example_passes_conformance(start_node):
+    from hatchery.conformance import PASSED, Probe, check
+
+    for token in ("", "s3cret"):
+        address, _ = start_node(token)
+        report = check(Probe(address, token=token))
+        assert not report.failed, "\n".join(report.lines())
+        outcomes = {f.rule: f.outcome for f in report.findings}
+        assert outcomes["reflection"] == outcomes["health"] == outcomes["batch-limit"] == PASSED
+        assert outcomes["auth"] == (PASSED if token else "not applicable")

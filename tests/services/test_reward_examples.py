@@ -41,3 +41,17 @@ def test_trl_style_plugins_from_the_examples():
         assert [o.score for o in graders["brevity"].score(samples)] == [1 - 9 / 200, 1 - 2 / 200, 1 - 2 / 200]
     finally:
         close_graders(graders)
+
+
+def test_the_minimal_python_reward_service_passes_conformance(tmp_path):
+    from hatchery.conformance import Probe, check
+
+    proc = subprocess.Popen([sys.executable, str(EXAMPLES / "reward-python" / "server.py"), "--port", "0",
+                             "--port-file", str(tmp_path / "port")])
+    try:
+        report = check(Probe(f"127.0.0.1:{wait_for_port(tmp_path / 'port', proc, 'example')}"))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert not report.failed, "\n".join(report.lines())
+    assert {f.rule: f.outcome for f in report.findings}["reflection"] == "passed"

@@ -127,3 +127,43 @@ def test_adversarial_completions_of_a_megabyte_are_scored_and_health_keeps_answe
             results = [f.result().results for f in scoring]
     assert status == health_pb2.HealthCheckResponse.SERVING
     assert all(len(r) == len(samples) and all(x.status == pb.SCORE_STATUS_OK for x in r) for r in results)
+
+
+def test_a_batch_of_the_slowest_samples_starves_neither_health_nor_sigterm(tmp_path):
+    """Issue 24: one completion once wedged the service (health timed out, SIGTERM ignored).
+    Now the slowest shapes cost a grader milliseconds each; a batch of forty of them, several
+    seconds of scoring, leaves health answering and SIGTERM stopping the process."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from hatchery.launcher import wait_for_port
+
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen([sys.executable, "-m", "hatchery.cli", "reward", "--port", "0", "--port-file",
+                             str(port_file)], env={k: v for k, v in os.environ.items() if k != "HATCHERY_REWARD_TOKEN"})
+    try:
+        ch = channel(f"127.0.0.1:{wait_for_port(port_file, proc, 'reward', 120)}")
+        scoring = threading.Event()
+
+        def score_slowly():
+            scoring.set()
+            try:
+                reward_pb2_grpc.RewardServiceStub(ch).Score(pb.ScoreRequest(
+                    samples=[pb.Sample(completion="1e" * 500_000, reference="1")] * 40, grader="numeric"), timeout=120)
+            except grpc.RpcError:
+                pass  # the process is stopped under it
+
+        threading.Thread(target=score_slowly, daemon=True).start()
+        scoring.wait()
+        time.sleep(1.0)  # the 40 MB request is in, and being scored
+        health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

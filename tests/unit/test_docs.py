@@ -20,6 +20,15 @@ def test_the_site_builds_strictly(tmp_path):
 def test_the_readme_fits_on_a_screen_and_links_to_pages_that_exist():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 200
-    for page in ("architecture", "configuration", "rewards", "operations", "security", "deployment", "metrics",
-                 "performance", "experiments", "testing"):
+    for page in ("architecture", "configuration", "datasets", "rewards", "conformance", "operations", "security",
+                 "deployment", "metrics", "performance", "experiments", "testing"):
         assert f"(docs/{page}.md)" in readme and (ROOT / "docs" / f"{page}.md").is_file(), page
+
+
+def test_every_conformance_rule_is_on_the_docs_page():
+    """An author in Go or Rust reads what is checked there, not in Python."""
+    from hatchery.conformance import RULES
+
+    page = (ROOT / "docs" / "conformance.md").read_text()
+    missing = [name for name in RULES if f"`{name}`" not in page]
+    assert not missing, f"docs/conformance.md does not describe {missing}"

@@ -66,15 +66,20 @@ def test_first_integer_settles_once_a_character_follows_it():
     ("r</think>\n<answer>3 * 5 + 7 = 22</answer>", 1.0, 0.0),  # "=" is not an equation character
     ("r</think>\n<answer>3*5+7.0</answer>", 1.0, 0.0),  # "." is not allowed
     ("r</think>\n<answer>-3 * -5 + 7</answer>", 1.0, 0.0),  # unary minus is not allowed
-    ("r</think>\n<answer>3 // 5 + 7</answer>", 1.0, 0.0),  # floor division is not allowed
+    ("r</think>\n<answer>3 // 5 + 7</answer>", 1.0, 0.0),  # floor division, as Python's: 0 + 7
     ("r</think>\n<answer>" + "(" * 100 + "3 * 5 + 7" + ")" * 100 + "</answer>", 1.0, 1.0),  # deep but valid
     ("r</think>\n<answer>" + "(" * 5000 + "3 * 5 + 7" + ")" * 5000 + "</answer>", 1.0, 0.0),  # too deep to parse
     ("r</think>\n<answer>" + " + ".join(["3"] * 20000) + "</answer>", 1.0, 0.0),  # huge, numbers reused
     ("r</think>\n<answer></answer>", 1.0, 0.0),  # empty answer
     ("<think>r</think>\n<answer>3 * 5 + 7</answer>", 1.0, 1.0),  # a repeated <think> still matches (as Qiu et al.)
     ("r</think>\n<answer>3 * 5 + 7</answer> done", 0.6, 1.0),  # text after </answer>: partial format
-    ("r</think>\n<answer>3 * 5 + 7</answer>\n", 0.6, 1.0),  # even a newline
-    ("r</think>\n<answer>07 * 5 + 3</answer>", 1.0, 0.0),  # 07 is the number 7: 38, not 22
+    ("r</think>\n<answer>3 * 5 + 7</answer>\n", 1.0, 1.0),  # one final newline: Python's $ allows it (Qiu et al.)
+    ("r</think>\n<answer>3 * 5 + 7</answer>\n\n", 0.6, 1.0),  # two are text after
+    ("r</think>\n<answer>07 + 3 * 5</answer>", 1.0, 0.0),  # Python's eval refuses the literal 07 (Qiu et al.)
+    ("r</think>\n<answer>00 + 3 * 5 + 7</answer>", 1.0, 0.0),  # 00 it reads, as 0: an extra number here
+    ("r</think>\n<answer>3 * 5 + 7\n</answer>", 1.0, 1.0),  # one final newline in the answer, too
+    ("r</think>\n<answer>\n3 * 5 + 7</answer>", 1.0, 0.0),  # but not a leading one
+    ("r</think>\n<answer>\t3 * 5 + 7</answer>", 1.0, 0.0),  # nor a tab: spaces only
     ("r</think>\n<answer> 22 </answer>", 1.0, 0.0),  # the target alone uses none of the numbers
 ])
 def test_countdown_reward(response, fmt, answer):
@@ -90,7 +95,10 @@ def test_countdown_needs_its_columns_and_evaluates_safely():
     assert evaluate_equation("(1 + 2) / 3") == 1
     assert evaluate_equation("1 / 3 * 3") == 1  # exact: no rounding on the way
     assert evaluate_equation("10 - 2 - 3") == 5 and evaluate_equation("2 + 3 * 4") == 14  # left to right, precedence
-    for bad in ("2 ** 3", "2 // 3", "-2 + 3", "2 (3)", "(2 + 3", "2 + 3)", "", "2 +", "(" * 101 + "1" + ")" * 101):
+    assert evaluate_equation("7 // 2") == 3 and evaluate_equation("(0 - 7) // 2") == -4  # Python's floor division
+    assert evaluate_equation("(1 / 3) // (1 / 7)") == 2 and evaluate_equation("00 + 1") == 1
+    for bad in ("2 ** 3", "2 / / 3", "-2 + 3", "2 (3)", "(2 + 3", "2 + 3)", "", "2 +", "(" * 101 + "1" + ")" * 101,
+                "07 + 1", "1 2"):
         with pytest.raises(ValueError):
             evaluate_equation(bad)
     with pytest.raises(ZeroDivisionError):
