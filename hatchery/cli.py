@@ -97,6 +97,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", default=None, help="run config YAML (default: the embedded default)")
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue the run in RUN_DIR where it stopped, with the config it was started with")
+    p.add_argument("--device", default="auto", help="the worker's: auto (the first CUDA device, else the CPU), "
+                                                    "cpu, cuda or cuda:N")
 
 
 def _optimizer_flags(p: argparse.ArgumentParser) -> None:
@@ -117,6 +119,7 @@ def _inference_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fetch-files", "--fetch-checkpoints", dest="fetch_files", action="store_true",
                    help="stream the start model and checkpoints over gRPC even when the optimizer's paths "
                         "are visible here")
+    p.add_argument("--device", default="auto", help="auto (the first CUDA device, else the CPU), cpu, cuda or cuda:N")
 
 
 def _reward_flags(p: argparse.ArgumentParser) -> None:
@@ -290,9 +293,15 @@ def _with_run_config(handler: Callable[[argparse.Namespace, Any, Any], int]) -> 
 
 @_with_run_config
 def _run(args: argparse.Namespace, tls: Any, cfg: Any) -> int:
+    from hatchery.core.model import check_device_dtype, pick_device
     from hatchery.launcher import run_local
 
-    return run_local(cfg, resume=bool(args.resume))
+    try:  # before any service starts
+        check_device_dtype(pick_device(args.device), cfg.model.dtype)
+    except ValueError as err:
+        print(f"hatchery run: {err}", file=sys.stderr)
+        return 2
+    return run_local(cfg, resume=bool(args.resume), device=args.device)
 
 
 @_with_run_config
@@ -311,8 +320,12 @@ def _inference(args: argparse.Namespace, tls: Any) -> int:
     _quiet_libraries()
     from inference_svc.server import serve
 
-    serve(args.host, args.port, args.port_file, args.optimizer_address, args.reward_address, args.worker_id,
-          args.fetch_files, tls, args.metrics_port)
+    try:
+        serve(args.host, args.port, args.port_file, args.optimizer_address, args.reward_address, args.worker_id,
+              args.fetch_files, tls, args.metrics_port, args.device)
+    except ValueError as err:  # a device this machine does not have, or cannot run the run's dtype on
+        print(f"hatchery inference: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

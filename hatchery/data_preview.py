@@ -19,7 +19,7 @@ LENGTH_SAMPLE = 10_000  # prompts tokenized for the length distribution (all of 
 
 def preview(cfg: RunConfig, examples: int = 3) -> dict:
     task = run_task(cfg)
-    tokenizer = load_tokenizer(resolve_model(cfg.model.source))
+    tokenizer = load_tokenizer(resolve_model(cfg.model.source, cfg.model.revision))
     shown = [task.train[i] for i in range(min(examples, len(task.train)))]
     rows = list(range(len(task.train)))
     sample = sorted(random.Random(0).sample(rows, LENGTH_SAMPLE)) if len(rows) > LENGTH_SAMPLE else rows

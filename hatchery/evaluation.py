@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hatchery.core.config import ModelConfig, RunConfig, TaskConfig
-from hatchery.core.model import EMBEDDED, LoadedModel, generate, load_model, merge_adapter, resolve_model
+from hatchery.core.model import LoadedModel, generate, load_model, merge_adapter, resolve_model
 from hatchery.core.prompt_data import file_task
 from hatchery.core.stop_rules import stop_rule
 from hatchery.core.tasks import Task, load_task
@@ -34,10 +34,10 @@ def _source(model: str) -> str:
 
 
 def load_for_eval(model: str, dtype: str = "float32") -> LoadedModel:
-    """A Hugging Face folder, the embedded default, or a PEFT adapter folder (merged into
-    the base model its adapter_config.json names)."""
+    """A Hugging Face folder, a hub id, the embedded default, or a PEFT adapter folder
+    (merged into the base model its adapter_config.json names)."""
     base = _source(model)
-    lm = load_model(resolve_model(base) if base == EMBEDDED else Path(base), dtype)
+    lm = load_model(resolve_model(base), dtype)
     return merge_adapter(lm, model) if base != model else lm
 
 

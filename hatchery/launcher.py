@@ -113,7 +113,7 @@ def _supervise(procs: dict[str, subprocess.Popen], run_dir: Path) -> int:
         time.sleep(0.2)
 
 
-def run_local(cfg: RunConfig, resume: bool = False) -> int:
+def run_local(cfg: RunConfig, resume: bool = False, device: str = "auto") -> int:
     """Starts reward, optimizer and one inference worker; returns the optimizer's exit code.
     With resume, the optimizer continues the run in cfg.run_dir. SIGTERM (kill, a container
     stop) ends it as Ctrl-C does: its services are stopped, never left running on their own."""
@@ -146,7 +146,8 @@ def run_local(cfg: RunConfig, resume: bool = False) -> int:
         optimizer_port = wait_for_port(ports / "optimizer", procs["optimizer"], "optimizer")
         procs["inference"] = spawn_service(["inference", *common, "--port-file", str(ports / "inference"),
                                             "--optimizer-address", f"{HOST}:{optimizer_port}",
-                                            "--reward-address", f"{HOST}:{reward_port}", "--worker-id", "local-0"],
+                                            "--reward-address", f"{HOST}:{reward_port}", "--worker-id", "local-0",
+                                            "--device", device],
                                            run_dir / "inference.log")
         return _supervise(procs, run_dir)
     finally:

@@ -15,9 +15,18 @@ import time
 import grpc
 
 from hatchery.core.failpoints import failpoint
-from hatchery.core.model import GenerationInterrupted, check_temperature, generate, load_model
+from hatchery.core.model import (
+    GenerationInterrupted,
+    check_device_dtype,
+    check_temperature,
+    describe_device,
+    generate,
+    load_model,
+    pick_device,
+)
 from hatchery.service.metrics import (
     INFERENCE_BATCH,
+    INFERENCE_DEVICE,
     INFERENCE_GENERATE,
     INFERENCE_LEASES,
     INFERENCE_PREFILL,
@@ -48,8 +57,9 @@ class Worker:
     """The pull loop. Owns the Evaluator; the gRPC servicer only reads its state."""
 
     def __init__(self, worker_id: str, optimizer_address: str, reward_address: str, fetch_files: bool = False,
-                 outage_limit_seconds: float = 600.0, tls: Tls | None = None):
+                 outage_limit_seconds: float = 600.0, tls: Tls | None = None, device: str = "auto"):
         self.worker_id = worker_id
+        self.device = pick_device(device)  # model, factors and replica live there; noise is drawn on the CPU
         self.outage_limit_seconds = outage_limit_seconds  # give up after the optimizer is gone this long
         self.fetch_files = fetch_files  # stream the start model and checkpoints even when their paths are visible
         self.tls = tls  # for the optimizer and every reward service
@@ -67,9 +77,12 @@ class Worker:
         """Waits for the optimizer, then builds the replica: base model, newest checkpoint;
         GetWork then brings the update records after it."""
         for attempt in range(JOIN_ATTEMPTS):
-            joined = self.optimizer.Join(pb.JoinRequest(worker_id=self.worker_id), timeout=600, wait_for_ready=True)
+            joined = self.optimizer.Join(pb.JoinRequest(worker_id=self.worker_id,
+                                                        device=describe_device(self.device)),
+                                         timeout=600, wait_for_ready=True)
+            check_device_dtype(self.device, joined.es.dtype)
             model = fetch.start_model(self.optimizer, joined, self.fetch_files)
-            evaluator = Evaluator(load_model(model, joined.es.dtype), joined.es)
+            evaluator = Evaluator(load_model(model, joined.es.dtype, self.device), joined.es)
             if joined.HasField("checkpoint"):
                 try:
                     with fetch.checkpoint(self.optimizer, joined.checkpoint, self.fetch_files) as ckpt:
@@ -87,8 +100,10 @@ class Worker:
             if self.rewards:
                 self.rewards.close()
             self.rewards = rewards
-        log.info("worker %s joined run %s at generation %d", self.worker_id, self.run_id,
-                 evaluator.applied_generation)
+        log.info("worker %s joined run %s at generation %d, on %s in %s", self.worker_id, self.run_id,
+                 evaluator.applied_generation, describe_device(self.device), joined.es.dtype)
+        INFERENCE_DEVICE.clear()
+        INFERENCE_DEVICE.labels(describe_device(self.device), joined.es.dtype).set(1)
 
     def run(self, stop: threading.Event) -> None:
         """Pulls work until the run is over. An optimizer or reward service that is
@@ -243,12 +258,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
 
 def serve(host: str, port: int, port_file: str | None, optimizer_address: str, reward_address: str,
-          worker_id: str, fetch_files: bool = False, tls: Tls | None = None, metrics_port: int = 0) -> None:
+          worker_id: str, fetch_files: bool = False, tls: Tls | None = None, metrics_port: int = 0,
+          device: str = "auto") -> None:
+    device = str(pick_device(device))  # a device this machine lacks is refused before anything starts
     serve_metrics(metrics_port, host)
     server = Server([inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name], host, port,
                     token=service_token("inference"), tls=tls)
     worker = Worker(worker_id or f"{socket.gethostname()}-{server.port}", optimizer_address, reward_address,
-                    fetch_files, tls=tls)
+                    fetch_files, tls=tls, device=device)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(worker), server.grpc)
     stop = stop_event_on_signals()
     server.start(port_file, serving=False)

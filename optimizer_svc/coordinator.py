@@ -65,6 +65,7 @@ class _Worker:
     leases_completed: int = 0
     fingerprint: str = ""
     last_seen: float = 0.0
+    device: str = ""  # as the worker said at join
 
 
 MAX_WORKERS = 10_000  # workers kept in the registry; the least recently seen go first
@@ -179,9 +180,9 @@ class Coordinator:
 
     # -- worker-facing ---------------------------------------------------------------
 
-    def join(self, worker_id: str) -> None:
+    def join(self, worker_id: str, device: str = "") -> None:
         with self._lock:
-            self._seen(worker_id)
+            self._seen(worker_id).device = device
 
     def _seen(self, worker_id: str) -> _Worker:
         """The worker's entry, marked seen now; entries of workers gone for good are dropped, so
@@ -367,7 +368,8 @@ class Coordinator:
                          for s in self.history[-20:]],
                 workers_total=len(self.workers),
                 workers=[pb.WorkerStatus(worker_id=w_id, leases_completed=w.leases_completed,
-                                         weights_fingerprint=w.fingerprint, last_seen_seconds_ago=now - w.last_seen)
+                                         weights_fingerprint=w.fingerprint, last_seen_seconds_ago=now - w.last_seen,
+                                         device=w.device)
                          for w_id, w in itertools.islice(reversed(self.workers.items()), STATUS_WORKERS)])
 
 

@@ -28,6 +28,7 @@ from optimizer_svc.coordinator import Coordinator
 
 log = logging.getLogger("hatchery.optimizer")
 MAX_WORKER_ID = 256
+MAX_DEVICE_CHARS = 256
 CHUNK_BYTES = 1 << 20
 
 
@@ -74,7 +75,9 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServiceServicer):
     def Join(self, request: pb.JoinRequest, context) -> pb.JoinResponse:
         _check_worker_id(request.worker_id)
         c = self.coordinator
-        c.join(request.worker_id)
+        if len(request.device) > MAX_DEVICE_CHARS:
+            raise ValueError(f"device: at most {MAX_DEVICE_CHARS} characters")
+        c.join(request.worker_id, request.device)
         return pb.JoinResponse(run_id=c.run_dir.name, base_model_path=str(self.start.path),
                                es=es_settings(c.cfg), grader=c.cfg.grader or c.task.grader,
                                checkpoint=c.checkpoint_info(), reward=reward_settings(c.cfg),

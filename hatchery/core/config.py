@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from hatchery.core.grader_specs import BUILTIN_NAMES, parse_specs
-from hatchery.core.model import DTYPES, EMBEDDED, check_temperature
+from hatchery.core.model import DTYPES, EMBEDDED, check_temperature, is_hub_snapshot, resolve_model
 from hatchery.core.prompt_schedule import SELECTIONS
 from hatchery.core.schema import ConfigError, check, from_dict
 from hatchery.core.tasks import TASKS
@@ -25,7 +25,8 @@ from hatchery.es.update import LR_SCHEDULES, OPTIMIZERS, StepRule
 
 @dataclass(frozen=True)
 class ModelConfig:
-    source: str = EMBEDDED  # "embedded:smollm2-135m-instruct" or a local Hugging Face folder
+    source: str = EMBEDDED  # "embedded:smollm2-135m-instruct", a local Hugging Face folder, or a hub id (org/name)
+    revision: str = ""  # a hub id's branch, tag or commit; empty: main
     dtype: str = "float32"  # "float32" or "bfloat16"
     adapter: str = ""  # a local PEFT adapter folder merged into the source before training; empty: none
 
@@ -117,6 +118,7 @@ class RunConfig:
 def validate(cfg: RunConfig) -> RunConfig:
     """Range and choice checks that types alone do not express."""
     check(cfg.model.dtype in DTYPES, "model.dtype", f"must be one of {sorted(DTYPES)}", cfg.model.dtype)
+    _validate_source(cfg.model)
     check(not cfg.model.adapter or (Path(cfg.model.adapter) / "adapter_config.json").is_file(), "model.adapter",
           "must be a PEFT adapter folder (with adapter_config.json)", cfg.model.adapter)
     check(cfg.task.name in TASKS or cfg.task.name == "dataset", "task.name",
@@ -171,6 +173,20 @@ def validate(cfg: RunConfig) -> RunConfig:
     check(tr.checkpoints_kept >= 1, "train.checkpoints_kept", "must be >= 1", tr.checkpoints_kept)
     _validate_reward(cfg)
     return cfg
+
+
+def _validate_source(model: ModelConfig) -> None:
+    """A folder must hold a model and a hub id must resolve (in the cache, or by download),
+    before anything starts; the embedded default is converted when a run starts."""
+    if model.source == EMBEDDED:
+        check(not model.revision, "model.revision", "is for a hub id, not the embedded default", model.revision)
+        return
+    try:
+        path = resolve_model(model.source, model.revision)
+    except FileNotFoundError as err:
+        raise ConfigError(f"model.source: {err}") from None
+    check(not model.revision or is_hub_snapshot(path), "model.revision", "is for a hub id, not a local folder",
+          model.revision)
 
 
 def _validate_data(cfg: RunConfig) -> None:

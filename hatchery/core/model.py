@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,10 +32,36 @@ from hatchery.es.targets import Target
 EMBEDDED = "embedded:smollm2-135m-instruct"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # org/name, as the Hub names models
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("HATCHERY_CACHE", Path.home() / ".cache" / "hatchery"))
+
+
+def hub_snapshot(repo_id: str, revision: str = "") -> Path:
+    """The snapshot folder of a hub model: downloaded into the Hugging Face cache once
+    (HF_TOKEN for private models), found there alone when HF_HUB_OFFLINE is set. Its name
+    is the commit it resolved to."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, IncompleteSnapshotError, LocalEntryNotFoundError
+
+    at = f" at revision {revision}" if revision else ""
+    try:
+        return Path(snapshot_download(repo_id, revision=revision or None))
+    except (LocalEntryNotFoundError, IncompleteSnapshotError) as err:
+        offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+        raise FileNotFoundError(f"{repo_id}{at} is neither a local folder nor in the Hugging Face cache "
+                                f"{constants.HF_HUB_CACHE}{offline}, and cannot be downloaded: "
+                                f"{str(err).splitlines()[0]}") from None
+    except HfHubHTTPError as err:  # no such repository or revision, gated, unauthorised
+        raise FileNotFoundError(f"{repo_id}{at}: the Hub says {type(err).__name__}: "
+                                f"{str(err).splitlines()[0]}") from None
+
+
+def is_hub_snapshot(path: Path) -> bool:
+    """A folder of huggingface_hub's cache: .../models--org--name/snapshots/<commit>."""
+    return path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--")
 
 
 def _embedded_gguf() -> Path:
@@ -45,11 +72,14 @@ def _embedded_gguf() -> Path:
     return Path(spec.submodule_search_locations[0]) / _GGUF_FILE
 
 
-def resolve_model(source: str) -> Path:
-    """A local Hugging Face folder for `source`: a path, or the embedded default,
-    converted once per machine from GGUF to safetensors under the cache dir."""
+def resolve_model(source: str, revision: str = "") -> Path:
+    """A local Hugging Face folder for `source`: a path; a hub id (org/name, at `revision`),
+    from huggingface_hub's own cache; or the embedded default, converted once per machine
+    from GGUF to safetensors under the cache dir."""
     if source != EMBEDDED:
         path = Path(source).expanduser()
+        if not path.exists() and HUB_ID.fullmatch(source):
+            return hub_snapshot(source, revision)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"model path {path} is not a Hugging Face model folder (no config.json)")
         return path
@@ -92,9 +122,44 @@ def context_length(path: Path | str) -> int | None:
     return getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
 
 
-def load_model(path: Path | str, dtype: str = "float32") -> LoadedModel:
+def pick_device(spec: str = "auto") -> torch.device:
+    """cpu, cuda, cuda:N, or auto (the first CUDA device when there is one, else the CPU);
+    one this machine does not have is refused, naming what it has."""
+    if spec == "auto":
+        spec = "cuda:0" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"--device {spec}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise ValueError(f"--device {spec}: only cpu and cuda devices are supported")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ValueError(f"--device {spec}: this machine has no CUDA device (torch {torch.__version__}, "
+                         f"built for CUDA {torch.version.cuda or 'none'})")
+    device = torch.device("cuda", device.index or 0)
+    if device.index >= count:
+        raise ValueError(f"--device {spec}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return device
+
+
+def check_device_dtype(device: torch.device, dtype: str) -> None:
+    if device.type == "cuda" and dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"--device {device}: {describe_device(device)} cannot run bfloat16; use model.dtype: "
+                         "float32")
+
+
+def describe_device(device: torch.device) -> str:
+    """"cpu", or "cuda:0 (NVIDIA H200)": for logs and status."""
+    return str(device) if device.type != "cuda" else f"{device} ({torch.cuda.get_device_name(device)})"
+
+
+def load_model(path: Path | str, dtype: str = "float32", device: torch.device | str = "cpu") -> LoadedModel:
+    """The model in `dtype` on `device`, for inference only."""
     tokenizer = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device)
     model.eval()
     model.requires_grad_(False)
     return LoadedModel(model, tokenizer)

@@ -416,7 +416,7 @@ class _TokenLimit:
 
 def _prompt_token_limit(cfg: RunConfig, max_new_tokens: int) -> _TokenLimit:
     """task.max_prompt_tokens, or the model's context less max_new_tokens."""
-    path = resolve_model(cfg.model.source)
+    path = resolve_model(cfg.model.source, cfg.model.revision)
     tokens = cfg.task.max_prompt_tokens
     if not tokens:
         context = context_length(path)

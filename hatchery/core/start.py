@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hatchery.core.config import RunConfig
-from hatchery.core.model import load_model, merge_adapter, resolve_model
+from hatchery.core.model import is_hub_snapshot, load_model, merge_adapter, resolve_model
 from hatchery.core.prompt_data import data_files
 from hatchery.core.schema import ConfigError
 
@@ -116,13 +116,16 @@ def _check_data(recorded: dict, now: dict | None) -> None:
 def prepare_start(cfg: RunConfig, run_dir: Path) -> StartPoint:
     """The start of cfg's run in run_dir: merged and recorded on first call, checked
     against the record when the run resumes."""
-    base = resolve_model(cfg.model.source)
+    recorded = read_start(run_dir)
+    # A hub id resumes at the commit it started from, wherever its branch has moved since.
+    base = resolve_model(cfg.model.source, (recorded or {}).get("commit") or cfg.model.revision)
     record = {"source": cfg.model.source, "base": _describe(base),
               "adapter": _describe(Path(cfg.model.adapter)) if cfg.model.adapter else None}
+    if is_hub_snapshot(base):
+        record.update(revision=cfg.model.revision or "main", commit=base.name)
     data = _data_record(cfg)
     if data is not None:
         record["data"] = data
-    recorded = read_start(run_dir)
     if recorded is not None:
         _check_data(recorded, data)
         for part in ("base", "adapter"):

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 import grpc
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
@@ -43,6 +43,8 @@ INFERENCE_PREFILL = Histogram("hatchery_inference_prefill_duration_seconds",
 INFERENCE_TOKENS = Counter("hatchery_inference_generated_tokens", "Tokens generated, up to each row's end", ["kind"])
 INFERENCE_LEASES = Counter("hatchery_inference_leases", "Leases evaluated and reported, by whether accepted",
                            ["accepted"])
+INFERENCE_DEVICE = Gauge("hatchery_inference_device", "1 for the device and dtype this worker runs the model on",
+                         ["device", "dtype"])
 
 # reward
 REWARD_SAMPLES = Counter("hatchery_reward_samples", "Samples scored, by grader and status", ["grader", "status"])

@@ -19,10 +19,12 @@ LEASE_KIND_TRAIN: LeaseKind
 LEASE_KIND_EVAL: LeaseKind
 
 class JoinRequest(_message.Message):
-    __slots__ = ("worker_id",)
+    __slots__ = ("worker_id", "device")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
-    def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
+    device: str
+    def __init__(self, worker_id: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
     __slots__ = ("run_id", "base_model_path", "es", "grader", "checkpoint", "reward", "base_model_files")
@@ -300,16 +302,18 @@ class GenerationSummary(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., reward_mean: _Optional[float] = ..., reward_max: _Optional[float] = ..., heldout_reward: _Optional[float] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("worker_id", "leases_completed", "weights_fingerprint", "last_seen_seconds_ago")
+    __slots__ = ("worker_id", "leases_completed", "weights_fingerprint", "last_seen_seconds_ago", "device")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     LEASES_COMPLETED_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_SECONDS_AGO_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     leases_completed: int
     weights_fingerprint: str
     last_seen_seconds_ago: float
-    def __init__(self, worker_id: _Optional[str] = ..., leases_completed: _Optional[int] = ..., weights_fingerprint: _Optional[str] = ..., last_seen_seconds_ago: _Optional[float] = ...) -> None: ...
+    device: str
+    def __init__(self, worker_id: _Optional[str] = ..., leases_completed: _Optional[int] = ..., weights_fingerprint: _Optional[str] = ..., last_seen_seconds_ago: _Optional[float] = ..., device: _Optional[str] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
     __slots__ = ("run_id", "generation", "total_generations", "finished", "history", "workers", "weights_fingerprint", "last_checkpoint", "fingerprint_mismatches", "lease_reassignments", "lease_releases", "workers_total")

@@ -81,3 +81,11 @@ def test_fetch_checkpoint_of_an_unknown_generation_is_not_found(tiny_llama_dir, 
         assert "no checkpoint for generation 7" in err.value.details()
     finally:
         server.stop()
+
+
+def test_a_worker_reports_the_device_it_runs_on(tiny_llama_dir, tmp_path):
+    """The worker picks its device before it joins and says which in Join; GetStatus lists it."""
+    with loopback_run(_config(tiny_llama_dir, tmp_path / "run")) as (coordinator, worker, _):
+        (status,) = coordinator.status().workers
+        assert status.worker_id == "w" and status.device == str(worker.device) == "cpu"  # auto: no CUDA here
+        assert all(t.weight.device == worker.device for t in worker.evaluator.targets)

@@ -30,7 +30,8 @@ EXPECTED = {  # family name -> type, per service (besides the gRPC series every 
     "inference": {"hatchery_inference_batch_size": "histogram",
                   "hatchery_inference_generate_duration_seconds": "histogram",
                   "hatchery_inference_prefill_duration_seconds": "histogram",
-                  "hatchery_inference_generated_tokens": "counter", "hatchery_inference_leases": "counter"},
+                  "hatchery_inference_generated_tokens": "counter", "hatchery_inference_leases": "counter",
+                  "hatchery_inference_device": "gauge"},
     "reward": {"hatchery_reward_samples": "counter", "hatchery_reward_score_duration_seconds": "histogram"},
 }
 GRPC = {"hatchery_grpc_server_requests": "counter", "hatchery_grpc_server_request_duration_seconds": "histogram"}
@@ -115,6 +116,7 @@ def test_all_three_services_export_their_metrics_during_a_run(tiny_llama_dir, tm
     # The worker exits as soon as the run is over, so its last scrape can precede its last leases
     # (on a fast CPU the whole run takes a few scrapes): these counters must have counted, not all.
     assert value(inf, "hatchery_inference_leases", "hatchery_inference_leases_total", accepted="true") >= 1
+    assert value(inf, "hatchery_inference_device", device="cpu", dtype="float32") == 1
     assert value(inf, "hatchery_inference_prefill_duration_seconds",
                  "hatchery_inference_prefill_duration_seconds_count", kind="train") >= 1
     assert value(rew, "hatchery_reward_samples", "hatchery_reward_samples_total", grader="length", status="ok") > 0

@@ -128,6 +128,10 @@ def test_gpu_workers_tls_probes_and_external_tokens():
     assert inference["spec"]["replicas"] == 4
     container = inference["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1 and container["image"].endswith(":0.1.0-cuda")
+    assert container["args"][container["args"].index("--device") + 1] == "cuda"  # the worker uses its GPU
+    (cpu_worker,) = [o for o in render({}) if o["kind"] == "Deployment" and "inference" in o["metadata"]["name"]]
+    args = cpu_worker["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--device") + 1] == "cpu"
     assert container["startupProbe"]["grpc"]["service"] == "hatchery.v1.InferenceService"
 
     tls = render(VALUE_SETS["tls-on"])

@@ -177,3 +177,34 @@ def test_bfloat16_weights_run_each_row_as_its_member_with_float32_factors_on_cpu
         own, other = alone(row, member), alone(row, members[row - 1])
         torch.testing.assert_close(mixed[row].float(), own, atol=0.25, rtol=0)  # logits reach about 4.5
         assert (mixed[row].float() - other).abs().max() > 1.0
+
+
+def test_factors_live_on_the_models_device_while_noise_is_drawn_on_the_cpu():
+    """Checked with the model on the meta device (no data, only where tensors live): the factors
+    follow the weights there, and their values are those drawn on the CPU, whatever the device."""
+    model = tiny.model("llama", 300, seed=0)
+    targets = find_targets(model, [".*"], ["lm_head"])
+    on_cpu = PopulationNoise(targets, NoiseKey(0, 0, 2), [0, 1])
+    model.to("meta")  # the same modules, their weights now on the meta device
+    assert targets[0].weight.device.type == "meta"
+    on_meta = PopulationNoise(targets, NoiseKey(0, 0, 2), [0, 1])
+    name = targets[0].name
+    assert on_meta.a_t[name].device.type == "meta" and on_cpu.a_t[name].device.type == "cpu"
+    assert on_meta.a_t[name].shape == on_cpu.a_t[name].shape and on_meta.dtype == on_meta.a_t[name].dtype
+
+
+def test_a_device_this_machine_lacks_is_refused_naming_what_it_has():
+    from hatchery.core.model import pick_device
+
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto") == (torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
+    with pytest.raises(ValueError, match="--device tpu: expected auto, cpu, cuda or cuda:N"):
+        pick_device("tpu")
+    with pytest.raises(ValueError, match="only cpu and cuda"):
+        pick_device("mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"--device cuda: this machine has no CUDA device \(torch "):
+            pick_device("cuda")
+    else:
+        with pytest.raises(ValueError, match="CUDA device"):
+            pick_device(f"cuda:{torch.cuda.device_count()}")
