@@ -22,7 +22,7 @@ def outcomes(report) -> dict[str, str]:
     return {f.rule: f.outcome for f in report.findings}
 
 
-@pytest.mark.parametrize("grader", ["", "numeric", "countdown", "length"])
+@pytest.mark.parametrize("grader", ["", "countdown"])
 def test_the_builtin_service_passes_every_rule(grader):
     server = reward_server()
     server.start()
@@ -94,7 +94,7 @@ def test_each_broken_server_is_caught_by_the_rule_it_breaks(fault, rule):
     reward_pb2_grpc.add_RewardServiceServicer_to_server(servicer, server.grpc)
     server.start()
     try:
-        report = check(Probe(server.address, timeout=1.0 if fault == "hang" else 10.0))
+        report = check(Probe(server.address, timeout=0.5 if fault == "hang" else 10.0))
     finally:
         servicer.release.set()
         server.stop()

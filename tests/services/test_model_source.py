@@ -1,6 +1,7 @@
 """Models by hub id, through huggingface_hub's own cache. No hub is reachable here, so the
 test writes a hub-layout cache itself (a tiny model under models--org--name/snapshots/<commit>)
-and every process runs as a user's would offline: HF_HUB_CACHE and HF_HUB_OFFLINE set."""
+and runs the checks in a process set up as a user's would be offline: HF_HUB_CACHE and
+HF_HUB_OFFLINE set."""
 
 import json
 import os
@@ -11,78 +12,70 @@ import sys
 import pytest
 
 import tiny
+from hatchery.core.config import ConfigError, parse_config
 
 REPO, FIRST, SECOND = "tiny-org/tiny-llama", "a" * 40, "b" * 40
 
-# What a user's process does with a config: validate it, then prepare the run's start.
-PREPARE = """
-import json, sys
+# What a user's processes do with configs, one step after another: validate a config and
+# prepare its run's start, or (the test's own step) point a ref of the cache at a commit.
+STEPS = """
+import json, pathlib, sys
 from hatchery.core.config import ConfigError, parse_config
 from hatchery.core.start import prepare_start
-try:
-    cfg = parse_config(json.loads(sys.argv[1]))
-    print(json.dumps(prepare_start(cfg, __import__("pathlib").Path(cfg.run_dir)).record))
-except ConfigError as err:
-    print(err, file=sys.stderr)
-    sys.exit(2)
+for step in json.loads(sys.argv[1]):
+    if "point" in step:
+        pathlib.Path(step["point"]).write_text(step["commit"])
+        continue
+    try:
+        cfg = parse_config(step)
+        print(json.dumps(prepare_start(cfg, pathlib.Path(cfg.run_dir)).record))
+    except ConfigError as err:
+        print(json.dumps({"refused": str(err)}))
 """
 
 
-def _snapshot(cache, commit: str, seed: int, ref: str = "main"):
-    repo = cache / f"models--{REPO.replace('/', '--')}"
-    tiny.save("llama", repo / "snapshots" / commit, seed=seed)
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / ref).write_text(commit)
-
-
-def _prepare(cache, model: dict, run_dir) -> subprocess.CompletedProcess:
+def _run_steps(cache, steps: list[dict]) -> list[dict]:
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    config = {"run_dir": str(run_dir), "model": model}
-    return subprocess.run([sys.executable, "-c", PREPARE, json.dumps(config)], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", STEPS, json.dumps(steps)], capture_output=True, text=True,
                           env=env, timeout=300)
-
-
-@pytest.fixture()
-def cache(tmp_path):
-    cache = tmp_path / "hub"
-    _snapshot(cache, FIRST, seed=0)
-    return cache
-
-
-def test_a_hub_id_loads_from_the_cache_offline_and_the_start_records_its_commit(cache, tmp_path):
-    done = _prepare(cache, {"source": REPO}, tmp_path / "run")
     assert done.returncode == 0, done.stderr
-    start = json.loads(done.stdout)
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_a_hub_id_loads_offline_from_the_cache_and_a_resume_stays_on_its_commit(tmp_path):
+    cache = tmp_path / "hub"
+    repo = cache / f"models--{REPO.replace('/', '--')}"
+    for commit, seed in ((FIRST, 0), (SECOND, 1)):  # two commits with different weights
+        tiny.save("llama", repo / "snapshots" / commit, seed=seed)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(FIRST)
+    run = {"run_dir": str(tmp_path / "run"), "model": {"source": REPO}}
+    start, resumed, fresh, pinned, *refused = _run_steps(cache, [
+        run,
+        {"point": str(repo / "refs" / "main"), "commit": SECOND},  # main moves on
+        run,  # the run resumes on the commit it started from
+        {"run_dir": str(tmp_path / "fresh"), "model": {"source": REPO}},  # a new run takes main as it is now
+        {"run_dir": str(tmp_path / "pinned"), "model": {"source": REPO, "revision": FIRST}},
+        {"run_dir": str(tmp_path / "absent"), "model": {"source": "tiny-org/absent"}},
+        {"run_dir": str(tmp_path / "v2"), "model": {"source": REPO, "revision": "v2"}},
+        {"run_dir": str(tmp_path / "embedded"), "model": {"revision": "v2"}},
+    ])
     assert (start["source"], start["revision"], start["commit"]) == (REPO, "main", FIRST)
-    assert start["base"]["path"] == str((cache / "models--tiny-org--tiny-llama" / "snapshots" / FIRST).resolve())
+    assert start["base"]["path"] == str((repo / "snapshots" / FIRST).resolve())
     assert "model.safetensors" in start["base"]["files"]  # every file by its hash: workers load these
-    # main moves on to another commit; the run resumes on the commit it started from
-    _snapshot(cache, SECOND, seed=1)
-    again = _prepare(cache, {"source": REPO}, tmp_path / "run")
-    assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["commit"] == FIRST
-    fresh = _prepare(cache, {"source": REPO}, tmp_path / "fresh")  # a new run takes main as it is now
-    assert json.loads(fresh.stdout)["commit"] == SECOND and json.loads(fresh.stdout)["base"]["sha256"] != start[
-        "base"]["sha256"]
-    pinned = _prepare(cache, {"source": REPO, "revision": FIRST}, tmp_path / "pinned")
-    assert json.loads(pinned.stdout)["commit"] == FIRST and json.loads(pinned.stdout)["revision"] == FIRST
-
-
-@pytest.mark.parametrize(("model", "message"), [
-    ({"source": "tiny-org/absent"}, "model.source: tiny-org/absent is neither a local folder nor in the Hugging "
-                                    "Face cache {cache} \\(HF_HUB_OFFLINE is set\\)"),
-    ({"source": REPO, "revision": "v2"}, "model.source: tiny-org/tiny-llama at revision v2 is neither a local "
-                                         "folder nor in the Hugging Face cache {cache}"),
-    ({"source": "embedded:smollm2-135m-instruct", "revision": "v2"}, "model.revision: is for a hub id"),
-])
-def test_a_model_that_is_not_there_offline_is_refused_before_anything_starts(cache, tmp_path, model, message):
-    done = _prepare(cache, model, tmp_path / "run")
-    assert done.returncode == 2
-    assert re.search(message.format(cache=re.escape(str(cache))), done.stderr), done.stderr
-    assert not (tmp_path / "run").exists()  # nothing was started or written
+    assert resumed["commit"] == FIRST and resumed["base"]["sha256"] == start["base"]["sha256"]
+    assert fresh["commit"] == SECOND and fresh["base"]["sha256"] != start["base"]["sha256"]
+    assert (pinned["commit"], pinned["revision"]) == (FIRST, FIRST)
+    where = re.escape(str(cache))
+    absent, v2, embedded = (r["refused"] for r in refused)
+    assert re.match(rf"model.source: tiny-org/absent is neither a local folder nor in the Hugging Face cache "
+                    rf"{where} \(HF_HUB_OFFLINE is set\)", absent), absent
+    assert re.match(rf"model.source: {REPO} at revision v2 is neither a local folder nor in the Hugging Face "
+                    rf"cache {where}", v2), v2
+    assert embedded.startswith("model.revision: is for a hub id")
+    assert not any((tmp_path / name).exists() for name in ("absent", "v2", "embedded"))  # nothing started
 
 
 def test_a_revision_is_refused_for_a_local_folder(tiny_llama_dir):
-    from hatchery.core.config import ConfigError, parse_config
     with pytest.raises(ConfigError, match="model.revision: is for a hub id, not a local folder"):
         parse_config({"model": {"source": str(tiny_llama_dir), "revision": "main"}})

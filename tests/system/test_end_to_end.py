@@ -126,22 +126,23 @@ def test_a_run_on_a_jsonl_dataset_trains_and_hands_every_column_to_the_grader(ti
                for r in rows[9:])  # ints as ints, lists as lists
 
 
-def test_bench_data_trains_on_a_generated_file_and_on_arith_and_reports_both(tiny_llama_dir, tmp_path):
-    """`hatchery bench-data` at a small size: every case is one real generation of the three
-    services as processes (the figures themselves are the benchmark's, on the docs page)."""
+def test_bench_data_measures_a_generation_on_a_generated_file(tiny_llama_dir, tmp_path):
+    """One case of `hatchery bench-data` at a small size: a real generation of the three services
+    as processes (the figures themselves are the benchmark's, on the docs page)."""
     import re
 
     import pyarrow.parquet as pq
 
-    from hatchery.bench.data import run_data_bench, write_word_problems
+    from hatchery.bench.data import RUN, measure, write_word_problems
 
-    report = run_data_bench(rows=300, model=str(tiny_llama_dir))
-    assert [c["case"] for c in report["cases"]] == ["arith", "dataset-cold-cache", "dataset-warm-cache"]
-    for case in report["cases"]:
-        assert case["first_lease_seconds"] > 0 and case["optimizer_peak_rss_mib"] >= case[
-            "optimizer_rss_at_first_lease_mib"] > 0 and case["inference_peak_rss_mib"] > 0
     path = tmp_path / "problems.parquet"
-    write_word_problems(path, 50)
-    for row in pq.read_table(path).to_pylist():  # every answer is the problem's
+    write_word_problems(path, 300)
+    for row in pq.read_table(path).to_pylist()[:50]:  # every answer is the problem's
         have, sold, got = map(int, re.findall(r"\d+", row["prompt"]))
         assert int(row["answer"]) == have - sold + got and 1 <= row["level"] <= 5
+    run = {**RUN, "model": {"source": str(tiny_llama_dir)},
+           "task": {"name": "dataset", "train": str(path), "reference_key": "answer", "heldout_size": 8,
+                    "max_new_tokens": 8}}
+    case = measure("dataset", run, tmp_path, {"HF_DATASETS_CACHE": str(tmp_path / "datasets-cache")})
+    assert case["first_lease_seconds"] > 0 and case["inference_peak_rss_mib"] > 0
+    assert case["optimizer_peak_rss_mib"] >= case["optimizer_rss_at_first_lease_mib"] > 0
