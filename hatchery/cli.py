@@ -187,6 +187,13 @@ def _bench_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="also write the JSON here")
 
 
+def _bench_size_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", default="smollm2,qwen2.5-0.5b-shape,qwen2.5-1.5b-shape",
+                   help="comma-separated: smollm2, qwen2.5-0.5b-shape, qwen2.5-1.5b-shape, or model folders")
+    p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated")
+    p.add_argument("--out", default=None, help="also write the JSON here")
+
+
 def _bench_grpo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="JSON lines, one per held-out evaluation")
     p.add_argument("--model", default="embedded:smollm2-135m-instruct", help="a local Hugging Face folder")
@@ -408,6 +415,13 @@ def _bench_data(args: argparse.Namespace, tls: Any) -> int:
     return _print_json(run_data_bench(args.rows, args.model), args.out)
 
 
+def _bench_size(args: argparse.Namespace, tls: Any) -> int:
+    _needs("bench-size", "hatchery.bench")
+    from hatchery.bench.sizing import run_size_bench
+
+    return _print_json(run_size_bench(tuple(args.models.split(",")), tuple(args.dtypes.split(","))), args.out)
+
+
 def _bench_grpo(args: argparse.Namespace, tls: Any) -> int:
     _needs("bench-grpo", "hatchery.bench", "trl")
     from hatchery.bench.grpo import run_grpo
@@ -536,6 +550,8 @@ VERBS: dict[str, Verb] = {
                        _bench_sync_flags, _bench_sync),
     "bench-data": Verb("a large prompt file against arith: time to the first lease, optimizer and worker "
                        "memory (JSON)", _bench_data_flags, _bench_data),
+    "bench-size": Verb("peak memory of the optimizer and a worker, and checkpoint size, per model and dtype (JSON)",
+                       _bench_size_flags, _bench_size),
     "bench-grpo": Verb("the GRPO baseline (TRL GRPOTrainer) on a task, held-out reward against training time "
                        "(JSON lines; needs hatchery[grpo])", _bench_grpo_flags, _bench_grpo),
     "breakdown": Verb("where a run's training time went, from its metrics.jsonl (JSON)", _breakdown_flags,

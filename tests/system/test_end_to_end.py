@@ -146,3 +146,14 @@ def test_bench_data_measures_a_generation_on_a_generated_file(tiny_llama_dir, tm
     case = measure("dataset", run, tmp_path, {"HF_DATASETS_CACHE": str(tmp_path / "datasets-cache")})
     assert case["first_lease_seconds"] > 0 and case["inference_peak_rss_mib"] > 0
     assert case["optimizer_peak_rss_mib"] >= case["optimizer_rss_at_first_lease_mib"] > 0
+
+
+def test_bench_size_reports_memory_and_checkpoint_size_for_a_model(tiny_llama_dir):
+    """`hatchery bench-size` on the tiny model: one generation of the three services as processes,
+    with the checkpoint it wrote measured on disk (the figures are the benchmark's, in the docs)."""
+    from hatchery.bench.sizing import run_size_bench
+
+    (row,) = run_size_bench((str(tiny_llama_dir),), ("float32",))["rows"]
+    assert (row["model"], row["dtype"]) == (tiny_llama_dir.name, "float32")
+    assert row["optimizer_peak_rss_mib"] > 0 and row["inference_peak_rss_mib"] > 0
+    assert 0 <= row["checkpoint_mib"] <= row["model_folder_mib"]
