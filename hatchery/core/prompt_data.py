@@ -98,17 +98,16 @@ def _check_columns(ds: datasets.Dataset, key: str, spec: Any, task: TaskConfig) 
     return list(task.metadata_keys)
 
 
-def _check_prompts(ds: datasets.Dataset, key: str, spec: Any, column: str) -> bool:
-    """Every prompt a non-empty string, or every one a conversation (then True), checked
-    over the whole column at once."""
+def _check_prompts(ds: datasets.Dataset, key: str, spec: Any, column: str) -> Any:
+    """The prompt column, every prompt a non-empty string or every one a conversation
+    (then as a list<struct> array), checked over the whole column at once."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     values = ds.data.column(column)  # chunked, as the table is mapped: not copied
     where = f"{_where(spec)}, column {column!r}"
     if pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
-        _check_messages(values.combine_chunks(), f"{key}: {where}")
-        return True
+        return _check_messages(values.combine_chunks(), f"{key}: {where}")
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
         raise ConfigError(f"{key}: {where} holds {values.type}, not text or a list of {{role, content}} messages")
     blank = pc.or_(pc.equal(pc.utf8_length(values), 0), pc.utf8_is_space(values))  # no copy of the text
@@ -116,7 +115,7 @@ def _check_prompts(ds: datasets.Dataset, key: str, spec: Any, column: str) -> bo
     first = pc.index(bad, True).as_py()
     if first >= 0:
         raise ConfigError(f"{key}: {where}, row {first + 1}: the prompt is empty or missing")
-    return False
+    return values
 
 
 def _messages(values: Any, where: str) -> Any:
@@ -135,7 +134,7 @@ def _messages(values: Any, where: str) -> Any:
     return pa.ListArray.from_arrays(pc.subtract(values.offsets, values.offsets[0]), messages, mask=values.is_null())
 
 
-def _check_messages(values: Any, where: str) -> None:
+def _check_messages(values: Any, where: str) -> Any:
     """Conversations: each a non-empty list of {role, content} with a known role, text
     content and at least one user message."""
     import numpy as np
@@ -170,6 +169,7 @@ def _check_messages(values: Any, where: str) -> None:
     users = np.bincount(rows, weights=pc.equal(role, "user").to_numpy(zero_copy_only=False), minlength=len(values))
     if (users == 0).any():
         raise ConfigError(f"{where}, row {int(np.argmax(users == 0)) + 1}: the conversation has no user message")
+    return values
 
 
 def _check_typed(ds: datasets.Dataset, key: str, spec: Any, columns: list[str]) -> None:
@@ -274,11 +274,18 @@ def dataset_task(cfg: RunConfig) -> Task:
 
 @dataclass(frozen=True)
 class _Table:
-    """One file's rows, checked: its prompt columns and whether its prompts are conversations."""
+    """One file's rows, checked: its prompt columns, and the prompt column as checked (text,
+    or conversations as list<struct>)."""
 
     ds: datasets.Dataset
     columns: PromptColumns
-    conversational: bool
+    prompt_values: Any
+
+    @property
+    def conversational(self) -> bool:
+        import pyarrow as pa
+
+        return pa.types.is_list(self.prompt_values.type) or pa.types.is_large_list(self.prompt_values.type)
 
     def prompts(self, rows: Sequence[int] | None = None) -> RowPrompts:
         return RowPrompts(self.ds, range(len(self.ds)) if rows is None else rows, self.columns)
@@ -289,14 +296,14 @@ def _open_checked(spec: Any, key: str, task: TaskConfig) -> _Table:
     columns = PromptColumns(task.prompt_key, task.reference_key, _check_columns(ds, key, spec, task),
                             task.system_prompt)
     _check_typed(ds, key, spec, columns.metadata)
-    conversational = _check_prompts(ds, key, spec, task.prompt_key)
-    if conversational and task.system_prompt:
+    table = _Table(ds, columns, _check_prompts(ds, key, spec, task.prompt_key))
+    if table.conversational and task.system_prompt:
         raise ConfigError(f"task.system_prompt: the prompts of {_where(spec)} are conversations; "
                           "give them a system message of their own instead")
-    if conversational and not task.chat_template:
+    if table.conversational and not task.chat_template:
         raise ConfigError(f"task.chat_template: the prompts of {_where(spec)} are conversations, which the "
                           "model reads through its chat template; set it to true")
-    return _Table(ds, columns, conversational)
+    return table
 
 
 def _read_task(cfg: RunConfig) -> Task:
@@ -312,23 +319,26 @@ def _read_task(cfg: RunConfig) -> Task:
         if heldout.conversational != train.conversational:
             raise ConfigError("task.heldout: its prompts and train's must both be text or both conversations")
         _refuse_overlap(train.ds, heldout.ds, task)
-        return Task("dataset", "", limit.fit(train.prompts(), "task.train", task.train),
-                    limit.fit(heldout.prompts(), "task.heldout", task.heldout), max_new_tokens)
+        return Task("dataset", "", limit.fit(train.prompts(), limit.bounds(train), "task.train", task.train),
+                    limit.fit(heldout.prompts(), limit.bounds(heldout), "task.heldout", task.heldout),
+                    max_new_tokens)
     size = round(task.heldout_fraction * len(train.ds)) if task.heldout_fraction else task.heldout_size
     if not 0 < size < len(train.ds):
         raise ConfigError(f"task.heldout_size: {_where(task.train)} has {len(train.ds)} rows; the held-out split "
                           f"must leave 1 to {len(train.ds) - 1} of them, got {size}")
     order = list(range(len(train.ds)))
     random.Random(task.seed).shuffle(order)
-    return Task("dataset", "", limit.fit(train.prompts(sorted(order[size:])), "task.train", task.train),
-                limit.fit(train.prompts(sorted(order[:size])), "task.train", task.train), max_new_tokens)
+    bounds = limit.bounds(train)  # once for the table: both splits index it
+    return Task("dataset", "", limit.fit(train.prompts(sorted(order[size:])), bounds, "task.train", task.train),
+                limit.fit(train.prompts(sorted(order[:size])), bounds, "task.train", task.train), max_new_tokens)
 
 
 def file_task(cfg: RunConfig, spec: Any, key: str = "--data") -> Task:
     """Every row of `spec` as held-out prompts, read and checked as a run's are (`hatchery eval --data`)."""
     table = _open_checked(spec, key, cfg.task)
     max_new_tokens = cfg.task.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
-    heldout = _prompt_token_limit(cfg, max_new_tokens).fit(table.prompts(), key, spec)
+    limit = _prompt_token_limit(cfg, max_new_tokens)
+    heldout = limit.fit(table.prompts(), limit.bounds(table), key, spec)
     return Task("dataset", "", [], heldout, max_new_tokens)
 
 
@@ -349,12 +359,13 @@ class _TokenLimit:
     chat_template: bool
     skip: bool  # task.long_prompts: skip (else refuse)
 
-    def fit(self, prompts: RowPrompts, key: str, spec: Any) -> RowPrompts:
-        """The rows whose prompts fit; a longer one is refused by its row, or skipped."""
+    def fit(self, prompts: RowPrompts, bounds: Any, key: str, spec: Any) -> RowPrompts:
+        """The rows whose prompts fit (`bounds`: their table's, by row); a longer one is refused
+        by its row, or skipped."""
         import numpy as np
 
         rows = np.asarray(prompts.rows, dtype=np.int64)
-        bounds = self._bounds(prompts)[rows]
+        bounds = bounds[rows]
         sample = np.unique(np.linspace(0, len(rows) - 1, min(len(rows), BOUND_CHECKS)).astype(np.int64))
         unbounded = (self._measure(prompts, rows[sample]) > bounds[sample]).any()
         suspects = np.arange(len(rows)) if unbounded else np.flatnonzero(bounds > self.tokens)
@@ -385,20 +396,19 @@ class _TokenLimit:
         return np.array([len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]],
                         dtype=np.int64)
 
-    def _bounds(self, prompts: RowPrompts) -> Any:
+    def bounds(self, table: _Table) -> Any:
         """An upper bound on every row's length in tokens, by table row."""
         import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        values = prompts.ds.data.column(prompts.columns.prompt)
-        if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        values = table.prompt_values
+        if not table.conversational:
             sentinel = TaskPrompt("x")
-            if prompts.columns.system_prompt:
-                sentinel = sentinel.with_system_prompt(prompts.columns.system_prompt)
+            if table.columns.system_prompt:
+                sentinel = sentinel.with_system_prompt(table.columns.system_prompt)
             text_bytes = pc.binary_length(values).to_numpy(zero_copy_only=False)
             return text_bytes + self._template_bytes(sentinel.model_input, 1) + SPARE_TOKENS
-        values = _messages(values.combine_chunks(), "")
         flat, owners = pc.list_flatten(values), pc.list_parent_indices(values).to_numpy()
         content_bytes = pc.binary_length(pc.struct_field(flat, "content")).to_numpy(zero_copy_only=False)
         text_bytes = np.bincount(owners, weights=content_bytes, minlength=len(values)).astype(np.int64)
