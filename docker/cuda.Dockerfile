@@ -1,6 +1,10 @@
-# Hatchery, CUDA image: the same services, torch built for CUDA 12.8.
+# Hatchery, CUDA image: the same services, torch built for the CUDA runtime of the base image.
 #   docker build -f docker/cuda.Dockerfile -t REGISTRY/hatchery:0.1.0-cuda .
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+# Another CUDA (one that PyTorch publishes wheels for, e.g. 12.6): --build-arg CUDA=12.6.3
+ARG CUDA=12.8.1
+FROM nvidia/cuda:${CUDA}-cudnn-runtime-ubuntu24.04
+ARG CUDA
+ARG TORCH=2.13.0
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -15,7 +19,10 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv \
- && pip install --index-url https://download.pytorch.org/whl/cu128 torch==2.13.0
+ && cuda=$(echo "$CUDA" | cut -d. -f1,2) \
+ && pip install --index-url "https://download.pytorch.org/whl/cu$(echo "$cuda" | tr -d .)" "torch==$TORCH" \
+ && python -c "import sys, torch; sys.exit(None if torch.version.cuda == '$cuda' else \
+      f'torch {torch.__version__} is built for CUDA {torch.version.cuda}, the image runs CUDA $cuda')"
 
 WORKDIR /opt/hatchery
 COPY pyproject.toml README.md ./

@@ -257,6 +257,10 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--examples", type=int, default=3, help="prompts to show")
 
 
+def _fetch_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="run config YAML")
+
+
 def _loadtest_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
     p.add_argument("--reward-clients", type=int, default=32)
@@ -502,6 +506,21 @@ def _data(args: argparse.Namespace, tls: Any) -> int:
         return 2
 
 
+def _fetch_model(args: argparse.Namespace, tls: Any) -> int:
+    from hatchery.core.config import ConfigError, load_config
+    from hatchery.core.model import resolve_model
+    from hatchery.core.start import start_revision
+
+    try:
+        cfg = load_config(args.config)  # resolves model.source at model.revision: downloads a hub id
+        path = resolve_model(cfg.model.source, start_revision(cfg, Path(cfg.run_dir)))
+    except (ConfigError, OSError) as err:
+        print(f"hatchery fetch-model: {err}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
 def _loadtest(args: argparse.Namespace, tls: Any) -> int:
     _needs("loadtest", "hatchery.bench")
     from hatchery.bench.loadtest import run_loadtest
@@ -562,6 +581,9 @@ VERBS: dict[str, Verb] = {
     "eval": Verb("held-out reward of a model or PEFT adapter on a task or a data file (JSON)", _eval_flags, _eval),
     "data": Verb("what a run's prompts will be: row counts, examples as the model sees them, lengths (JSON)",
                  _data_flags, _data),
+    "fetch-model": Verb("download a run's hub model into the Hugging Face cache (at the commit a started run "
+                        "recorded) and print its folder; the chart's init container", _fetch_model_flags,
+                        _fetch_model),
     "loadtest": Verb("bounded load on loopback: reward clients and simulated workers (JSON)", _loadtest_flags,
                      _loadtest),
 }

@@ -200,7 +200,7 @@ class Coordinator:
         with self._lock:
             if applied_generation > self.generation:
                 raise ValueError(f"applied_generation {applied_generation} is ahead of the run ({self.generation})")
-            self.join(worker_id)
+            self._seen(worker_id)
             response = pb.GetWorkResponse(updates=[pb.UpdateRecord(**dataclasses.asdict(r))
                                                    for r in self.log.since(applied_generation)])
             if self.finished.is_set():

@@ -113,12 +113,17 @@ def _check_data(recorded: dict, now: dict | None) -> None:
     raise ConfigError("task: the run's data files are not the ones it started with; restore them or start a new run")
 
 
+def start_revision(cfg: RunConfig, run_dir: Path) -> str:
+    """The revision a run's hub model loads at: a started run's recorded commit, wherever its
+    branch has moved since; else model.revision."""
+    return (read_start(run_dir) or {}).get("commit") or cfg.model.revision
+
+
 def prepare_start(cfg: RunConfig, run_dir: Path) -> StartPoint:
     """The start of cfg's run in run_dir: merged and recorded on first call, checked
     against the record when the run resumes."""
     recorded = read_start(run_dir)
-    # A hub id resumes at the commit it started from, wherever its branch has moved since.
-    base = resolve_model(cfg.model.source, (recorded or {}).get("commit") or cfg.model.revision)
+    base = resolve_model(cfg.model.source, start_revision(cfg, run_dir))
     record = {"source": cfg.model.source, "base": _describe(base),
               "adapter": _describe(Path(cfg.model.adapter)) if cfg.model.adapter else None}
     if is_hub_snapshot(base):

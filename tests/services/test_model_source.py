@@ -17,14 +17,24 @@ from hatchery.core.config import ConfigError, parse_config
 REPO, FIRST, SECOND = "tiny-org/tiny-llama", "a" * 40, "b" * 40
 
 # What a user's processes do with configs, one step after another: validate a config and
-# prepare its run's start, or (the test's own step) point a ref of the cache at a commit.
+# prepare its run's start; run `hatchery fetch-model` on a config file (the chart's init
+# container); or (the test's own step) point a ref of the cache at a commit.
 STEPS = """
-import json, pathlib, sys
+import contextlib, io, json, pathlib, sys
+from hatchery.cli import main
 from hatchery.core.config import ConfigError, parse_config
 from hatchery.core.start import prepare_start
 for step in json.loads(sys.argv[1]):
     if "point" in step:
         pathlib.Path(step["point"]).write_text(step["commit"])
+        continue
+    if "fetch" in step:
+        config = pathlib.Path(step["fetch"]["run_dir"] + ".yaml")
+        config.write_text(json.dumps(step["fetch"]))
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = main(["fetch-model", str(config)])
+        print(json.dumps({"rc": rc, "out": out.getvalue().strip(), "err": err.getvalue().strip()}))
         continue
     try:
         cfg = parse_config(step)
@@ -50,12 +60,14 @@ def test_a_hub_id_loads_offline_from_the_cache_and_a_resume_stays_on_its_commit(
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(FIRST)
     run = {"run_dir": str(tmp_path / "run"), "model": {"source": REPO}}
-    start, resumed, fresh, pinned, *refused = _run_steps(cache, [
+    start, fetched, resumed, fresh, pinned, fetch_absent, *refused = _run_steps(cache, [
         run,
         {"point": str(repo / "refs" / "main"), "commit": SECOND},  # main moves on
+        {"fetch": run},  # the init container of a restarted optimizer fetches the commit the run started on
         run,  # the run resumes on the commit it started from
         {"run_dir": str(tmp_path / "fresh"), "model": {"source": REPO}},  # a new run takes main as it is now
         {"run_dir": str(tmp_path / "pinned"), "model": {"source": REPO, "revision": FIRST}},
+        {"fetch": {"run_dir": str(tmp_path / "absent"), "model": {"source": "tiny-org/absent"}}},
         {"run_dir": str(tmp_path / "absent"), "model": {"source": "tiny-org/absent"}},
         {"run_dir": str(tmp_path / "v2"), "model": {"source": REPO, "revision": "v2"}},
         {"run_dir": str(tmp_path / "embedded"), "model": {"revision": "v2"}},
@@ -63,6 +75,8 @@ def test_a_hub_id_loads_offline_from_the_cache_and_a_resume_stays_on_its_commit(
     assert (start["source"], start["revision"], start["commit"]) == (REPO, "main", FIRST)
     assert start["base"]["path"] == str((repo / "snapshots" / FIRST).resolve())
     assert "model.safetensors" in start["base"]["files"]  # every file by its hash: workers load these
+    assert (fetched["rc"], fetched["out"]) == (0, str(repo / "snapshots" / FIRST))
+    assert fetch_absent["rc"] == 2 and "tiny-org/absent is neither a local folder" in fetch_absent["err"]
     assert resumed["commit"] == FIRST and resumed["base"]["sha256"] == start["base"]["sha256"]
     assert fresh["commit"] == SECOND and fresh["base"]["sha256"] != start["base"]["sha256"]
     assert (pinned["commit"], pinned["revision"]) == (FIRST, FIRST)

@@ -84,8 +84,12 @@ def test_fetch_checkpoint_of_an_unknown_generation_is_not_found(tiny_llama_dir, 
 
 
 def test_a_worker_reports_the_device_it_runs_on(tiny_llama_dir, tmp_path):
-    """The worker picks its device before it joins and says which in Join; GetStatus lists it."""
+    """The worker picks its device before it joins and says which in Join; GetStatus lists it
+    throughout the run, not only until the worker's first GetWork."""
     with loopback_run(_config(tiny_llama_dir, tmp_path / "run")) as (coordinator, worker, _):
         (status,) = coordinator.status().workers
         assert status.worker_id == "w" and status.device == str(worker.device) == "cpu"  # auto: no CUDA here
         assert all(t.weight.device == worker.device for t in worker.evaluator.targets)
+        run_to_end(coordinator, worker)
+        (status,) = coordinator.status().workers
+        assert status.device == "cpu" and status.leases_completed > 0

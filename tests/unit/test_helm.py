@@ -40,6 +40,10 @@ VALUE_SETS = {
                            "run": {"grader": "numeric", "task": {"reference_key": "answer"}}},
     "dataset-in-a-configmap": {"data": {"configMap": "small-prompts", "mountPath": "/prompts/", "train": "train.jsonl"},
                                "run": {"grader": "numeric", "task": {"heldout_size": 2}}},
+    "hub-model-with-token": {"run": {"model": {"source": "Qwen/Qwen2.5-0.5B-Instruct", "revision": "main"}},
+                             "model": {"tokenSecret": {"name": "hf", "key": "token"}}},
+    "model-on-a-claim": {"model": {"existingClaim": "models", "subPath": "llm"},
+                         "run": {"model": {"source": "/models/qwen2.5-0.5b"}}},
     "service-monitor-on": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
                                        "prometheusRule": {"enabled": True},
                                        "dashboard": {"enabled": True}},
@@ -84,7 +88,7 @@ def test_every_pod_is_hardened(name):
     for pod, spec in pods(render(VALUE_SETS[name])):
         ctx = spec["securityContext"]
         assert ctx["runAsNonRoot"] and ctx["seccompProfile"]["type"] == "RuntimeDefault", pod
-        for container in spec["containers"]:
+        for container in spec["containers"] + spec.get("initContainers", []):
             c = container["securityContext"]
             assert c["readOnlyRootFilesystem"] and not c["allowPrivilegeEscalation"], pod
             assert c["capabilities"]["drop"] == ["ALL"], pod
@@ -92,15 +96,15 @@ def test_every_pod_is_hardened(name):
 
 
 @pytest.mark.parametrize("name", VALUE_SETS)
-def test_containers_get_args_and_env_their_service_accepts(name, monkeypatch, tmp_path):
+def test_containers_get_args_and_env_their_service_accepts(name, monkeypatch, tmp_path, tiny_llama_dir):
     objects = render(VALUE_SETS[name])
     for pod, spec in pods(objects):
-        for container in spec["containers"]:
+        for container in spec["containers"] + spec.get("initContainers", []):
             for var in container.get("env", []):
                 if var["name"].startswith("HATCHERY_"):  # secrets resolve at run time: any value will do
                     monkeypatch.setenv(var["name"], var.get("value", "from-a-secret"))
             args = build_parser().parse_args(container["args"])  # SystemExit(2) on anything it refuses
-            assert args.command in ("optimizer", "inference", "reward", "health"), pod
+            assert args.command in ("optimizer", "inference", "reward", "health", "fetch-model"), pod
             for var in container.get("env", []):
                 monkeypatch.delenv(var["name"], raising=False)
     (config_map,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-run")]
@@ -114,6 +118,9 @@ def test_containers_get_args_and_env_their_service_accepts(name, monkeypatch, tm
                 run["task"][key] = str(tmp_path / data[key])
                 (tmp_path / data[key]).write_text("".join(json.dumps({"prompt": f"{key} {i} + {i}?", "answer": 2 * i})
                                                           + "\n" for i in range(6)))
+    if "model" in run:  # the model the claim or the hub would give, here where the test can load it
+        assert run["model"] == VALUE_SETS[name]["run"]["model"]
+        run["model"] = {"source": str(tiny_llama_dir)}
     cfg = parse_config(run)
     parse_specs(yaml.safe_load(config_map["data"]["graders.yaml"]) or {})
     assert cfg.run_dir == "/var/lib/hatchery/runs/demo"
@@ -166,7 +173,37 @@ def test_prompt_files_are_mounted_read_only_on_the_optimizer_alone():
     assert {"name": "data", "configMap": {"name": "small-prompts"}} in small["volumes"]
 
 
+def test_a_hub_model_is_downloaded_before_the_optimizer_starts_and_a_claim_is_read_in_place():
+    specs = dict(pods(render(VALUE_SETS["hub-model-with-token"])))
+    optimizer = specs["demo-hatchery-optimizer"]
+    (fetch,) = optimizer["initContainers"]
+    assert fetch["args"] == ["fetch-model", "/etc/hatchery/run/config.yaml"]
+    fetch_env = {v["name"]: v for v in fetch["env"]}
+    main_env = {v["name"]: v for v in optimizer["containers"][0]["env"]}
+    assert fetch_env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
+    assert all("HF_TOKEN" not in {v["name"] for v in c.get("env", [])}  # the download alone holds the token
+               for spec in specs.values() for c in spec["containers"])
+    # Both see the same cache, on the run volume they both mount: what the download wrote, the optimizer reads.
+    assert fetch_env["HF_HUB_CACHE"] == main_env["HF_HUB_CACHE"]
+    assert main_env["HF_HUB_CACHE"]["value"].startswith("/var/lib/hatchery/runs/")
+    assert {m["name"] for m in fetch["volumeMounts"]} >= {"runs", "run-config", "tmp"}
+    assert main_env["HF_HUB_OFFLINE"]["value"] == "1"
+    assert all("initContainers" not in spec for spec in dict(pods(render({}))).values())  # a local model: none
+
+    claimed = dict(pods(render(VALUE_SETS["model-on-a-claim"])))
+    for pod in ("demo-hatchery-optimizer", "demo-hatchery-inference"):
+        spec = claimed[pod]
+        assert {"name": "model", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}} in spec["volumes"]
+        (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "model"]
+        assert mount == {"name": "model", "mountPath": "/models", "readOnly": True, "subPath": "llm"}, pod
+        assert "initContainers" not in spec
+
+
 @pytest.mark.parametrize("values, complaint", [
+    ({"model": {"tokenSecret": {"name": "hf", "key": "token"}}}, "model.tokenSecret: run.model.source .* is not a hub"),
+    ({"model": {"tokenSecret": {"name": "hf"}}, "run": {"model": {"source": "org/name"}}}, "give both name and key"),
+    ({"model": {"existingClaim": "models"}, "run": {"model": {"source": "/elsewhere/m"}}},
+     "must name a folder under model.mountPath"),
     ({"data": {"train": "train.jsonl"}}, "data.train: give data.existingClaim or data.configMap"),
     ({"data": {"existingClaim": "a", "configMap": "b"}}, "not both"),
     ({"data": {"existingClaim": "a", "train": "t.jsonl"}, "run": {"task": {"train": "/data/t.jsonl"}}},

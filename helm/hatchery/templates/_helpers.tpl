@@ -116,3 +116,56 @@ livenessProbe:
 {{- define "hatchery.rewardAddress" -}}
 dns:///{{ include "hatchery.fullname" . }}-reward:{{ .Values.reward.builtin.port }}
 {{- end -}}
+
+{{/* "true" when run.model.source is a hub id (org/name): downloaded by the optimizer's init container. */}}
+{{- define "hatchery.hubModel" -}}
+{{- $source := (.Values.run.model | default dict).source | default "" -}}
+{{- if regexMatch "^[\\w.-]+/[\\w.-]+$" $source }}true{{ end -}}
+{{- end -}}
+
+{{/* The model claim, read-only, on the optimizer and the workers. */}}
+{{- define "hatchery.modelMount" -}}
+{{- with .Values.model }}
+{{- if .existingClaim }}
+- name: model
+  mountPath: {{ .mountPath }}
+  readOnly: true
+  {{- with .subPath }}
+  subPath: {{ . }}
+  {{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "hatchery.modelVolume" -}}
+{{- with .Values.model.existingClaim }}
+- name: model
+  persistentVolumeClaim: {claimName: {{ . }}, readOnly: true}
+{{- end }}
+{{- end -}}
+
+{{/* What the optimizer and its model download share: the run volume, the config, prompt files, caches. */}}
+{{- define "hatchery.optimizerEnv" -}}
+- name: HATCHERY_CACHE
+  value: /opt/hatchery/cache
+- name: HF_DATASETS_CACHE  # on the run volume: the root file system is read-only
+  value: /var/lib/hatchery/runs/.cache/datasets
+- name: HF_HUB_CACHE  # a hub model, downloaded once and kept across restarts
+  value: /var/lib/hatchery/runs/.cache/huggingface/hub
+{{- end -}}
+{{- define "hatchery.optimizerMounts" -}}
+- {name: runs, mountPath: /var/lib/hatchery/runs}
+- {name: run-config, mountPath: /etc/hatchery/run, readOnly: true}
+- {name: tmp, mountPath: /tmp}
+{{- with .Values.data }}
+{{- if or .existingClaim .configMap }}
+- name: data
+  mountPath: {{ .mountPath }}
+  readOnly: true
+  {{- if and .existingClaim .subPath }}
+  subPath: {{ .subPath }}
+  {{- end }}
+{{- end }}
+{{- end }}
+{{- include "hatchery.modelMount" . }}
+{{- end -}}
