@@ -107,6 +107,9 @@ def _optimizer_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume-if-exists", action="store_true",
                    help="with --config: resume when its run_dir already holds that run (a restarted pod), "
                         "start it otherwise")
+    p.add_argument("--keep-serving", action="store_true",
+                   help="after the run ends, keep answering status and watch calls until stopped (a pod that "
+                        "exits is restarted)")
     _server_flags(p, 50051)
 
 
@@ -146,6 +149,16 @@ def _conformance_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _status_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("address", help="host:port of the optimizer")
+
+
+def _watch_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("address", help="host:port of the optimizer")
+    p.add_argument("--from-generation", type=int, default=0, help="the first generation to show (0: the whole run)")
+    p.add_argument("--json", action="store_true", help="one JSON object per event instead of the display")
+
+
+def _control_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("address", help="host:port of the optimizer")
 
 
@@ -321,7 +334,8 @@ def _optimizer(args: argparse.Namespace, tls: Any, cfg: Any) -> int:
     from optimizer_svc.server import serve
 
     try:
-        return serve(cfg, args.host, args.port, args.port_file, tls, args.metrics_port)
+        return serve(cfg, args.host, args.port, args.port_file, tls, args.metrics_port,
+                     keep_serving=args.keep_serving)
     except OSError as err:  # the run's files cannot be written (a full disk, a read-only volume)
         print(f"hatchery optimizer: {err}", file=sys.stderr)
         return 1
@@ -390,6 +404,51 @@ def _status(args: argparse.Namespace, tls: Any) -> int:
     status = stub.GetStatus(optimizer_pb2.GetStatusRequest(), timeout=10)
     print(json.dumps(json_format.MessageToDict(status, preserving_proto_field_name=True), indent=2))
     return 0
+
+
+def _watch(args: argparse.Namespace, tls: Any) -> int:
+    import grpc
+
+    from hatchery.client import RunClient
+    from hatchery.run_display import RunDisplay
+
+    try:
+        with RunClient(args.address, tls=tls) as run:
+            status = run.status()
+            display = RunDisplay(sys.stdout, status.total_generations, status.time_budget_seconds)
+            for event in run.watch(args.from_generation):
+                if args.json:
+                    print(json.dumps({"generation": event.generation, "row": event.row, "state": event.state,
+                                      "failure": event.failure}), flush=True)
+                else:
+                    display.show(event)
+    except grpc.RpcError as err:
+        print(f"hatchery watch: {args.address}: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    return 0 if event.state == "finished" else 1
+
+
+def _control(action: str) -> Callable[[argparse.Namespace, Any], int]:
+    """The handler of `hatchery pause|resume|stop ADDRESS`."""
+
+    def handler(args: argparse.Namespace, tls: Any) -> int:
+        import grpc
+
+        from hatchery.client import control_client
+
+        try:
+            with control_client(args.address, tls) as run:
+                state = getattr(run, action)()
+        except grpc.RpcError as err:
+            print(f"hatchery {action}: {args.address}: {err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+        print(f"the run is {state}")
+        return 0
+
+    return handler
 
 
 def _bench(args: argparse.Namespace, tls: Any) -> int:
@@ -561,6 +620,13 @@ VERBS: dict[str, Verb] = {
     "health": Verb("exit 0 when a service answers grpc.health.v1 SERVING (probes, helm test)", _health_flags,
                    _health, env=True, tls=True),
     "status": Verb("print an optimizer's status as JSON", _status_flags, _status, env=True, tls=True),
+    "watch": Verb("follow a run: a live display in a terminal, a line per generation when piped", _watch_flags,
+                  _watch, env=True, tls=True),
+    "pause": Verb("hand out no more leases until resume (needs $HATCHERY_CONTROL_TOKEN when tokens are on)",
+                  _control_flags, _control("pause"), env=True, tls=True),
+    "resume": Verb("hand out leases again after pause", _control_flags, _control("resume"), env=True, tls=True),
+    "stop": Verb("end the run after the generation in flight, writing its model as at the end of its budget",
+                 _control_flags, _control("stop"), env=True, tls=True),
     "conformance": Verb("check a reward service, in any language, against the hatchery.v1.RewardService contract",
                         _conformance_flags, _conformance, tls=True),
     "bench": Verb("EGGROLL vs unperturbed vs naive ES generation throughput (JSON, plots)", _bench_flags, _bench),

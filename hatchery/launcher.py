@@ -59,12 +59,26 @@ class MemoryWatch:
         return f"peak resident memory (GiB): {parts}; all together {self.peak_total / 2**30:.2f}"
 
 
-def spawn_service(args: list[str], log_path: Path | None = None,
-                  env: dict[str, str] | None = None) -> subprocess.Popen:
-    """`hatchery ARGS` as a child process; env adds to (not replaces) this environment."""
+def spawn_service(args: list[str], log_path: Path | None = None, env: dict[str, str] | None = None,
+                  errors_here: bool = False) -> subprocess.Popen:
+    """`hatchery ARGS` as a child process, its output into `log_path` (with `errors_here`, its
+    stderr still on this terminal); env adds to (not replaces) this environment."""
     out = open(log_path, "w") if log_path else None
     return subprocess.Popen([sys.executable, "-m", "hatchery.cli", *args], stdout=out or None,
-                            stderr=subprocess.STDOUT if out else None, env={**os.environ, **(env or {})})
+                            stderr=None if errors_here or not out else subprocess.STDOUT,
+                            env={**os.environ, **(env or {})})
+
+
+def _show_progress(address: str) -> None:
+    """The live display of `hatchery watch`, for the run this process started (in a terminal)."""
+    from hatchery.client import RunClient
+    from hatchery.run_display import RunDisplay
+
+    with contextlib.suppress(Exception), RunClient(address) as run:  # the display must never end the run
+        status = run.status()
+        display = RunDisplay(sys.stdout, status.total_generations, status.time_budget_seconds, live=True)
+        for event in run.watch(reconnect_for=5.0):
+            display.show(event)
 
 
 def wait_for_port(path: Path, proc: subprocess.Popen, name: str, timeout: float = 600.0) -> int:
@@ -140,16 +154,24 @@ def run_local(cfg: RunConfig, resume: bool = False, device: str = "auto") -> int
     try:
         procs["reward"] = spawn_service(["reward", *common, *reward_args, "--port-file", str(ports / "reward")],
                                         run_dir / "reward.log")
-        procs["optimizer"] = spawn_service(["optimizer", *run_args, *common, "--port-file", str(ports / "optimizer")])
+        live = sys.stdout.isatty()  # a terminal gets the live display; the optimizer's lines go to its log
+        procs["optimizer"] = spawn_service(["optimizer", *run_args, *common, "--port-file", str(ports / "optimizer")],
+                                           run_dir / "optimizer.log" if live else None, errors_here=True)
         watch.start()
         reward_port = wait_for_port(ports / "reward", procs["reward"], "reward")
         optimizer_port = wait_for_port(ports / "optimizer", procs["optimizer"], "optimizer")
+        if live:
+            threading.Thread(target=_show_progress, args=(f"{HOST}:{optimizer_port}",), daemon=True).start()
         procs["inference"] = spawn_service(["inference", *common, "--port-file", str(ports / "inference"),
                                             "--optimizer-address", f"{HOST}:{optimizer_port}",
                                             "--reward-address", f"{HOST}:{reward_port}", "--worker-id", "local-0",
                                             "--device", device],
                                            run_dir / "inference.log")
-        return _supervise(procs, run_dir)
+        code = _supervise(procs, run_dir)
+        if live and code == 0:
+            print(f"done: model in {run_dir / 'model'}, plot {run_dir / 'rewards.png'}, "
+                  f"log {run_dir / 'optimizer.log'}", flush=True)
+        return code
     finally:
         for proc in procs.values():
             if proc.poll() is None:

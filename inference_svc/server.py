@@ -207,7 +207,7 @@ class Worker:
             rewards=rewards, statuses=statuses,
             weights_fingerprint=fp, generated_tokens=completions.new_tokens,
             generate_seconds=completions.seconds, reward_seconds=time.perf_counter() - started,
-            noise_seconds=noise_seconds)
+            noise_seconds=noise_seconds, completions=completions.texts[:lease.return_completions])
 
 
 def reward_client(settings: pb.RewardSettings, local_address: str, local_grader: str,

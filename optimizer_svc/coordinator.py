@@ -52,6 +52,7 @@ from hatchery.service.prompts import lease_prompt
 from hatchery.service.settings import step_rule
 from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import reward_pb2
+from optimizer_svc.control import RunControl
 from optimizer_svc.generation import Generation, HeldOut
 from optimizer_svc.leases import LeaseBook
 
@@ -70,6 +71,9 @@ class _Worker:
 
 MAX_WORKERS = 10_000  # workers kept in the registry; the least recently seen go first
 STATUS_WORKERS = 100  # workers GetStatus lists, the most recently seen
+HELDOUT_SAMPLES = 4  # completions of each held-out evaluation kept in its metrics row, for watchers
+MAX_COMPLETION_CHARS = 16_384  # of each, as kept
+PAUSED_RETRY_SECONDS = 1.0  # how often a worker asks again while the run is paused
 
 
 class Coordinator:
@@ -77,9 +81,12 @@ class Coordinator:
 
     def __init__(self, cfg: RunConfig, lm: LoadedModel, run_dir: Path,
                  on_generation: Callable[[GenerationStats], None] = lambda s: None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 write_outputs: Callable[[], None] = lambda: None):
+        """`write_outputs` writes what a finished run leaves besides its logs (the model, the
+        plot); it runs once the final evaluation is in, off the RPC that brought it."""
         self.cfg, self.lm, self.run_dir, self.clock = cfg, lm, run_dir, clock
-        self.on_generation = on_generation
+        self.on_generation, self.write_outputs = on_generation, write_outputs
         self.task: Task = run_task(cfg)
         self.max_new_tokens = cfg.task.max_new_tokens or self.task.max_new_tokens
         self.targets = find_targets(lm.model, cfg.es.target_modules, cfg.es.exclude_modules)
@@ -104,14 +111,23 @@ class Coordinator:
         # A live worker calls at least once per lease; one not seen for twice the lease timeout is gone.
         self.worker_forget_seconds = 2 * cfg.train.lease_timeout_seconds
         self.fingerprint_mismatches = 0
+        self.control = RunControl.load(run_dir)
+        self._paused_since = self.clock() if self.control.paused else None
         # training_done: no more updates; only the final held-out evaluation remains
         self.training_done = self._training_over()
-        self.finished = threading.Event()
+        self.finished = threading.Event()  # training and the final evaluation are done: workers may go
+        self.completed = threading.Event()  # and the outputs are written (or the run failed)
         self.failure = ""  # why the run stopped short of its budget; empty while it runs or when it ends well
         self.started = False  # a first lease went out: the clock no longer waits for a worker
         self.weights_fingerprint = fingerprint(self.targets)
         self._lock = threading.RLock()
-        self._open_generation()
+        self.changed = threading.Condition(self._lock)  # notified on every row, state change and end
+        with self._lock:
+            if self.history and not self.history[-1].trained:  # restarted after its final evaluation
+                self.current = Generation(self.generation, self.clock(), cfg.es.population)
+                self._finish()
+            else:
+                self._open_generation()
 
     def _drop_unannounced_record(self) -> None:
         """A last record whose generation has no metrics row was appended by a process that died
@@ -163,7 +179,8 @@ class Coordinator:
         evaluation runs alone, so its time is measured apart and kept off the training clock."""
         self.current = Generation(self.generation, self.clock(), self.cfg.es.population)
         if self.generation % self.cfg.train.eval_every == 0 or self.training_done:
-            self.leases.queue(self._new_lease(pb.LEASE_KIND_EVAL, prompts=_proto_prompts(self.task.heldout)))
+            self.leases.queue(self._new_lease(pb.LEASE_KIND_EVAL, prompts=_proto_prompts(self.task.heldout),
+                                              return_completions=HELDOUT_SAMPLES))
         else:
             self._queue_training()
 
@@ -206,6 +223,9 @@ class Coordinator:
             if self.finished.is_set():
                 response.finished = True
                 return response
+            if self.control.paused:
+                response.retry_after_seconds = PAUSED_RETRY_SECONDS
+                return response
             lease = self.leases.take(worker_id, self.clock())
             if lease is None:
                 response.retry_after_seconds = 0.05
@@ -233,6 +253,9 @@ class Coordinator:
             if len(req.rewards) != expected or len(req.statuses) != expected:
                 raise ValueError(f"lease {req.lease_id} needs {expected} rewards and statuses, "
                                  f"got {len(req.rewards)} and {len(req.statuses)}")
+            if len(req.completions) > lease.return_completions:
+                raise ValueError(f"lease {req.lease_id} asks for {lease.return_completions} completions, "
+                                 f"got {len(req.completions)}")
             if req.generated_tokens > expected * lease.sampling.max_new_tokens:
                 raise ValueError(f"generated_tokens {req.generated_tokens} is more than the lease allows "
                                  f"({expected} x {lease.sampling.max_new_tokens})")
@@ -252,7 +275,7 @@ class Coordinator:
             worker.leases_completed += 1
             try:
                 if lease.kind == pb.LEASE_KIND_EVAL:
-                    self._close_evaluation(rewards[0][ok])
+                    self._close_evaluation(rewards[0], list(req.completions))
                     return pb.ReportResultResponse(accepted=True)
                 self.current.add(lease.member_start, rewards, req.generated_tokens,
                                  {part: getattr(req, f"{part}_seconds") for part in WORKER_TIME_SPLIT})
@@ -265,10 +288,16 @@ class Coordinator:
                 return pb.ReportResultResponse(accepted=False, reason=f"the run failed: {self.failure}")
             return pb.ReportResultResponse(accepted=True)
 
-    def _close_evaluation(self, scored: np.ndarray) -> None:
-        """Records the held-out reward, then starts the training clock of the generation."""
-        self.current.heldout = HeldOut.of(scored, self.clock() - self.current.started)
+    def _close_evaluation(self, rewards: np.ndarray, completions: list[str]) -> None:
+        """Records the held-out reward (NaN where not scored OK), then starts the training clock of
+        the generation; or ends the run, when this was its final evaluation or a stop was asked for."""
+        samples = tuple({"prompt": p.text, "reference": p.reference, "completion": text[:MAX_COMPLETION_CHARS],
+                         "reward": float(r) if np.isfinite(r) else None}
+                        for p, text, r in zip(self.task.heldout, completions, rewards))
+        self.current.heldout = HeldOut.of(rewards[np.isfinite(rewards)], self.clock() - self.current.started, samples)
         self.current.started = self.clock()
+        if self.control.stop_requested:
+            self.training_done = True  # the weights just evaluated are the run's last
         if self.training_done:
             self._record(self.current.final_stats(self.clock()))
             self._finish()
@@ -315,16 +344,30 @@ class Coordinator:
         return spent
 
     def _training_over(self) -> bool:
-        return self._budget_spent() >= 1.0
+        return self.control.stop_requested or self._budget_spent() >= 1.0
 
     def _record(self, stats: GenerationStats) -> None:
         self.metrics.append(stats, final=self.training_done)
+        self.changed.notify_all()
         self.on_generation(stats)
 
     def _finish(self) -> None:
+        """Workers are told the run is over; the outputs are written in the background."""
         self.log.close()
         self.metrics.close()
         self.finished.set()
+        self.changed.notify_all()
+        threading.Thread(target=self._complete, name="write-outputs", daemon=True).start()
+
+    def _complete(self) -> None:
+        try:
+            self.write_outputs()
+        except RunFilesError as err:
+            with self._lock:
+                self.failure = f"the run is complete in its update log, but {err}"
+        with self._lock:
+            self.completed.set()
+            self.changed.notify_all()
 
     def _fail(self, reason: str) -> None:
         """Ends the run without the generation in flight: its files stay as they were after the
@@ -335,6 +378,59 @@ class Coordinator:
             with contextlib.suppress(OSError):  # what a full disk refused, it refuses again
                 f.close()
         self.finished.set()
+        self.completed.set()
+        self.changed.notify_all()
+
+    # -- run control -----------------------------------------------------------------
+
+    def state(self) -> pb.RunState:
+        with self._lock:
+            if self.failure:
+                return pb.RUN_STATE_FAILED
+            if self.completed.is_set():
+                return pb.RUN_STATE_FINISHED
+            if self.finished.is_set() or self.training_done or self.control.stop_requested:
+                return pb.RUN_STATE_FINISHING
+            return pb.RUN_STATE_PAUSED if self.control.paused else pb.RUN_STATE_RUNNING
+
+    def pause(self) -> pb.RunState:
+        """No lease goes out until resume(); FinishingError once the run is ending."""
+        with self._lock:
+            if self.state() not in (pb.RUN_STATE_RUNNING, pb.RUN_STATE_PAUSED):
+                raise FinishingError(f"the run is {_state_name(self.state())}: there is nothing to pause")
+            if not self.control.paused:
+                self._set_control(paused=True)
+                self._paused_since = self.clock()
+            return self.state()
+
+    def resume(self) -> pb.RunState:
+        with self._lock:
+            if self.control.paused:
+                self._set_control(paused=False)
+                self.current.started += self.clock() - self._paused_since  # paused time is off the clock
+                self._paused_since = None
+            return self.state()
+
+    def stop(self) -> pb.RunState:
+        """Ends the run after the generation in flight (resuming it first, so that generation can
+        finish); nothing changes for a run that is already ending."""
+        with self._lock:
+            if not self.finished.is_set() and not self.control.stop_requested:
+                self.resume()
+                self._set_control(stop_requested=True)
+            return self.state()
+
+    def _set_control(self, **change: bool) -> None:
+        """Durable before it takes effect: a restarted optimizer honours it."""
+        control = dataclasses.replace(self.control, **change)
+        control.save(self.run_dir)
+        self.control = control
+        self.changed.notify_all()
+
+    def rows_since(self, generation: int) -> list[GenerationStats]:
+        """The metrics rows of `generation` and later, as metrics.jsonl holds them."""
+        with self._lock:
+            return self.history[generation:]
 
     # -- for the servicer ------------------------------------------------------------
 
@@ -366,11 +462,21 @@ class Coordinator:
                                               reward_max=_or_nan(s.reward_max), seconds=s.seconds,
                                               heldout_reward=_or_nan(s.heldout_reward))
                          for s in self.history[-20:]],
-                workers_total=len(self.workers),
+                workers_total=len(self.workers), state=self.state(), failure=self.failure,
+                training_seconds=sum(s.seconds for s in self.history if s.trained),
+                time_budget_seconds=self.cfg.train.time_budget_seconds,
                 workers=[pb.WorkerStatus(worker_id=w_id, leases_completed=w.leases_completed,
                                          weights_fingerprint=w.fingerprint, last_seen_seconds_ago=now - w.last_seen,
                                          device=w.device)
                          for w_id, w in itertools.islice(reversed(self.workers.items()), STATUS_WORKERS)])
+
+
+class FinishingError(ValueError):
+    """A control request that makes no sense once the run is ending."""
+
+
+def _state_name(state: pb.RunState) -> str:
+    return pb.RunState.Name(state).removeprefix("RUN_STATE_").lower()
 
 
 def _range(rewards: np.ndarray) -> str:

@@ -22,12 +22,13 @@ class HeldOut:
     reward: float  # mean over the samples scored OK; NaN when none was
     stderr: float  # its standard error; NaN with fewer than two samples
     seconds: float  # wall time, kept off the training clock
+    samples: tuple[dict, ...] = ()  # the first prompts with their completions, for watchers
 
     @classmethod
-    def of(cls, scored: np.ndarray, seconds: float) -> HeldOut:
+    def of(cls, scored: np.ndarray, seconds: float, samples: tuple[dict, ...] = ()) -> HeldOut:
         n = len(scored)
         return cls(float(scored.mean()) if n else math.nan,
-                   float(scored.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan, seconds)
+                   float(scored.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan, seconds, samples)
 
 
 @dataclass
@@ -84,4 +85,4 @@ class Generation:
         h = self.heldout
         return GenerationStats(self.number, mean, best, std, h.reward if h else None, now - self.started, self.tokens,
                                norm, spread, failed, split, h.stderr if h else None, h.seconds if h else 0.0,
-                               self.prompt_indices, spread_prompts)
+                               self.prompt_indices, spread_prompts, list(h.samples) if h else [])

@@ -5,7 +5,8 @@ gRPC servers on loopback in this process and one real Worker, whose optimizer
 traffic is counted message by message. After the join, only seeds and scalars
 should cross: the bytes per generation should not move with the model, while
 applying an update (one matmul per matrix) grows with it. A lease carries its prompts'
-text and columns, counted apart, with one more row on a dataset's longer prompts.
+text and columns, counted apart, with one more row on a dataset's longer prompts; so are
+the few held-out completions results bring back (their text depends on what the model says).
 """
 
 from __future__ import annotations
@@ -41,12 +42,17 @@ class ByteCounter(grpc.UnaryUnaryClientInterceptor):
     def __init__(self):
         self.bytes = 0
         self.prompt_bytes = 0  # of those, the leases' prompts: their text, references and columns
+        self.completion_bytes = 0  # and the held-out completions results bring back for watchers
         self.updates_received = 0
 
     def intercept_unary_unary(self, continuation, details, request):
         outcome = continuation(details, request)
         response = outcome.result()
         if details.method.endswith("/ReportResult"):
+            bare = type(request)()
+            bare.CopyFrom(request)
+            del bare.completions[:]
+            self.completion_bytes += request.ByteSize() - bare.ByteSize()
             self.bytes += request.ByteSize() + response.ByteSize()
         elif details.method.endswith("/GetWork") and (response.HasField("lease") or response.updates):
             self.bytes += request.ByteSize() + response.ByteSize()
@@ -107,6 +113,7 @@ def sync_row(model_dir: Path, run_dir: Path, generations: int, task: dict = ARIT
         "parameters": sum(t.weight.numel() for t in coordinator.targets),
         "generations": len(train), "bytes_per_generation": counter.bytes / generations,
         "prompt_bytes_per_generation": counter.prompt_bytes / generations,
+        "completion_bytes_per_generation": counter.completion_bytes / generations,
         "updates_received": counter.updates_received,
         "worker_update_seconds_median": statistics.median(s.time_split["update"] for s in train[1:]),
         "optimizer_update_seconds_median": statistics.median(s.time_split["optimizer_update"] for s in train),

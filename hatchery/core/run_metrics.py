@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from hatchery.core.failpoints import failpoint
@@ -43,6 +43,9 @@ class GenerationStats:
     heldout_seconds: float = 0.0  # wall time of the held-out evaluation, kept off the training clock
     prompts: list[int] = field(default_factory=list)  # indices of the training prompts answered
     spread_prompts: list[int] = field(default_factory=list)  # those whose rewards differed across members
+    # The first held-out prompts with the completions the evaluation got: prompt, reference,
+    # completion, reward (None when not scored OK).
+    heldout_samples: list[dict] = field(default_factory=list)
 
     @property
     def trained(self) -> bool:
@@ -60,9 +63,9 @@ class GenerationStats:
 
     @classmethod
     def from_row(cls, row: dict) -> GenerationStats:
-        row = dict(row)
-        del row["tokens_per_second"], row["final"]
-        return cls(**row)
+        """A row read back; keys this version does not know (a newer writer's) are left out."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in row.items() if k in known})
 
 
 def metrics_rows(path: str | Path) -> list[dict]:
@@ -92,16 +95,17 @@ class MetricsLog:
     A generation's row is written last, after its update record and checkpoint and before the
     generation is announced, so an update record without a row was never announced: opening
     the log keeps the rows of the `logged` generations (dropping any of one that did not finish)
-    and says in `history` which generations closed.
+    and the final evaluation's, and says in `history` which generations closed.
     """
 
     def __init__(self, path: Path, logged: int):
         self.path = path
         rows = [GenerationStats.from_row(r) for r in metrics_rows(path)] if path.exists() else []
-        self.history = [r for r in rows if r.generation < logged]
+        # the final evaluation's row (no training, generation == logged) says the run is over
+        self.history = [r for r in rows if r.generation < logged or (r.generation == logged and not r.trained)]
         tmp = path.with_suffix(".tmp")
         with writing(tmp):
-            tmp.write_text("".join(r.to_json(final=False) + "\n" for r in self.history), encoding="utf-8")
+            tmp.write_text("".join(r.to_json(final=not r.trained) + "\n" for r in self.history), encoding="utf-8")
             os.replace(tmp, path)
             self._file = open(path, "a", encoding="utf-8")
 
@@ -131,3 +135,21 @@ def heldout_curve(rows: list[dict]) -> list[tuple[float, float, float]]:
         if r["reward_mean"] is not None:
             elapsed += r["seconds"]
     return curve
+
+
+def progress_line(stats: GenerationStats, total: int) -> str:
+    """One generation as the optimizer and `hatchery watch` print it."""
+    parts = [f"gen {stats.generation:>4}/{total}"]
+    parts.append(f"reward mean {stats.reward_mean:.3f} max {stats.reward_max:.3f}" if stats.trained
+                 else "final evaluation      ")
+    if stats.heldout_reward is None:
+        parts.append("held-out   -          ")
+    else:
+        parts.append(f"held-out {stats.heldout_reward:.3f}+-{stats.heldout_stderr or 0.0:.3f}")
+    if stats.trained:
+        parts.append(f"{stats.tokens_per_second:6.1f} tok/s  {stats.seconds:5.2f} s/gen")
+    if stats.heldout_seconds:
+        parts.append(f"(evaluation {stats.heldout_seconds:.2f} s)")
+    if stats.failed_samples:
+        parts.append(f"{stats.failed_samples} samples not scored")
+    return "  ".join(parts)

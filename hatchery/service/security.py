@@ -4,21 +4,25 @@
 - Mutual TLS: the server also requires a client certificate signed by its CA.
 - Bearer tokens: the token of service S lives in $HATCHERY_<S>_TOKEN on the
   server and on its clients; servers check it (health checks exempt, so
-  Kubernetes probes need no secret) and clients send it. Tokens are read from
-  the environment only, so they never appear in flags, configs, logs or status.
+  Kubernetes probes need no secret) and clients send it. The optimizer's
+  run-control calls take a token of their own, $HATCHERY_CONTROL_TOKEN, so a
+  worker's token cannot pause or stop a run (an Access per method). Tokens are
+  read from the environment only, so they never appear in flags, configs, logs
+  or status.
 """
 
 from __future__ import annotations
 
 import hmac
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
 TOKEN_ENV = {"optimizer": "HATCHERY_OPTIMIZER_TOKEN", "inference": "HATCHERY_INFERENCE_TOKEN",
-             "reward": "HATCHERY_REWARD_TOKEN"}
+             "reward": "HATCHERY_REWARD_TOKEN", "control": "HATCHERY_CONTROL_TOKEN"}
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 
@@ -81,23 +85,45 @@ def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
     return grpc.unary_unary_rpc_method_handler(abort)
 
 
-class BearerTokenInterceptor(grpc.ServerInterceptor):
-    """Every call but health checks must carry `authorization: Bearer <token>`;
-    compared in constant time."""
+@dataclass(frozen=True)
+class Access:
+    """The bearer tokens each method takes: `methods` by full name ("/pkg.Service/Method"),
+    `default` for every other. None: no token needed; an empty tuple: refused, with `why`."""
 
-    def __init__(self, token: str):
-        self._expected = f"Bearer {token}".encode()
+    default: tuple[str, ...] | None
+    methods: Mapping[str, tuple[str, ...] | None] = field(default_factory=dict)
+    why: Mapping[str, str] = field(default_factory=dict)  # method -> what refusing it should say
+
+    @classmethod
+    def single(cls, token: str) -> Access:
+        return cls((token,) if token else None)
+
+    @property
+    def open(self) -> bool:
+        return self.default is None and all(t is None for t in self.methods.values())
+
+
+class BearerTokenInterceptor(grpc.ServerInterceptor):
+    """Every call but health checks must carry `authorization: Bearer <token>` with a token its
+    method takes (Access); compared in constant time."""
+
+    def __init__(self, access: Access):
+        self._access = access
 
     def intercept_service(self, continuation, details):
         handler = continuation(details)
         if handler is None or details.method.startswith(HEALTH_PREFIX):
             return handler
+        accepted = self._access.methods.get(details.method, self._access.default)
+        if accepted is None:
+            return handler
         given = dict(details.invocation_metadata).get("authorization")
-        if given is None:
+        if given is None and accepted:
             return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED,
                             "missing bearer token: send metadata 'authorization: Bearer <token>'")
-        if not hmac.compare_digest(str(given).encode(), self._expected):
-            return _refusal(handler, grpc.StatusCode.PERMISSION_DENIED, "wrong bearer token")
+        if not any(hmac.compare_digest(str(given).encode(), f"Bearer {t}".encode()) for t in accepted):
+            return _refusal(handler, grpc.StatusCode.PERMISSION_DENIED,
+                            self._access.why.get(details.method, "wrong bearer token"))
         return handler
 
 

@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hatchery.service.metrics import GrpcMetricsInterceptor
-from hatchery.service.security import BearerTokenClient, BearerTokenInterceptor, Tls
+from hatchery.service.security import Access, BearerTokenClient, BearerTokenInterceptor, Tls
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # deliberate: a held-out batch of long completions fits, a model does not
 CHANNEL_OPTIONS = [
@@ -68,11 +68,13 @@ class UndecodableRequestInterceptor(grpc.ServerInterceptor):
 
 class Server:
     """A grpc.Server with health checking and reflection for the given services,
-    TLS when given a certificate, and a bearer-token check when given a token."""
+    TLS when given a certificate, and a bearer-token check when given a token (one for
+    every method) or an Access (tokens per method)."""
 
     def __init__(self, service_names: Iterable[str], host: str = "127.0.0.1", port: int = 0, max_workers: int = 8,
-                 token: str | None = None, tls: Tls | None = None):
-        interceptors = [GrpcMetricsInterceptor(), *([BearerTokenInterceptor(token)] if token else []),
+                 token: str | None = None, tls: Tls | None = None, access: Access | None = None):
+        access = access or Access.single(token or "")
+        interceptors = [GrpcMetricsInterceptor(), *([] if access.open else [BearerTokenInterceptor(access)]),
                         UndecodableRequestInterceptor()]
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=CHANNEL_OPTIONS,
                                 interceptors=interceptors)

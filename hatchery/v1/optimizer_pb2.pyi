@@ -9,14 +9,89 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class RunState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUN_STATE_UNSPECIFIED: _ClassVar[RunState]
+    RUN_STATE_RUNNING: _ClassVar[RunState]
+    RUN_STATE_PAUSED: _ClassVar[RunState]
+    RUN_STATE_FINISHING: _ClassVar[RunState]
+    RUN_STATE_FINISHED: _ClassVar[RunState]
+    RUN_STATE_FAILED: _ClassVar[RunState]
+
 class LeaseKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     LEASE_KIND_UNSPECIFIED: _ClassVar[LeaseKind]
     LEASE_KIND_TRAIN: _ClassVar[LeaseKind]
     LEASE_KIND_EVAL: _ClassVar[LeaseKind]
+RUN_STATE_UNSPECIFIED: RunState
+RUN_STATE_RUNNING: RunState
+RUN_STATE_PAUSED: RunState
+RUN_STATE_FINISHING: RunState
+RUN_STATE_FINISHED: RunState
+RUN_STATE_FAILED: RunState
 LEASE_KIND_UNSPECIFIED: LeaseKind
 LEASE_KIND_TRAIN: LeaseKind
 LEASE_KIND_EVAL: LeaseKind
+
+class WatchRunRequest(_message.Message):
+    __slots__ = ("from_generation",)
+    FROM_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    from_generation: int
+    def __init__(self, from_generation: _Optional[int] = ...) -> None: ...
+
+class RunEvent(_message.Message):
+    __slots__ = ("generation", "row", "evaluation", "state", "failure")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    row: _struct_pb2.Struct
+    evaluation: HeldOutEvaluation
+    state: RunState
+    failure: str
+    def __init__(self, generation: _Optional[int] = ..., row: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., evaluation: _Optional[_Union[HeldOutEvaluation, _Mapping]] = ..., state: _Optional[_Union[RunState, str]] = ..., failure: _Optional[str] = ...) -> None: ...
+
+class HeldOutEvaluation(_message.Message):
+    __slots__ = ("mean", "stderr", "samples")
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    mean: float
+    stderr: float
+    samples: _containers.RepeatedCompositeFieldContainer[EvaluatedSample]
+    def __init__(self, mean: _Optional[float] = ..., stderr: _Optional[float] = ..., samples: _Optional[_Iterable[_Union[EvaluatedSample, _Mapping]]] = ...) -> None: ...
+
+class EvaluatedSample(_message.Message):
+    __slots__ = ("prompt", "reference", "completion", "reward")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    REWARD_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    reference: str
+    completion: str
+    reward: float
+    def __init__(self, prompt: _Optional[str] = ..., reference: _Optional[str] = ..., completion: _Optional[str] = ..., reward: _Optional[float] = ...) -> None: ...
+
+class PauseRunRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ResumeRunRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StopRunRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RunControlResponse(_message.Message):
+    __slots__ = ("state",)
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    state: RunState
+    def __init__(self, state: _Optional[_Union[RunState, str]] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
     __slots__ = ("worker_id", "device")
@@ -212,7 +287,7 @@ class Sampling(_message.Message):
     def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., chat_template: _Optional[bool] = ..., stop_rule: _Optional[str] = ..., sampling_seed: _Optional[int] = ...) -> None: ...
 
 class Lease(_message.Message):
-    __slots__ = ("lease_id", "kind", "generation", "member_start", "member_end", "sigma", "prompts", "sampling", "deadline_seconds")
+    __slots__ = ("lease_id", "kind", "generation", "member_start", "member_end", "sigma", "prompts", "sampling", "deadline_seconds", "return_completions")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
@@ -222,6 +297,7 @@ class Lease(_message.Message):
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RETURN_COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
     lease_id: str
     kind: LeaseKind
     generation: int
@@ -231,10 +307,11 @@ class Lease(_message.Message):
     prompts: _containers.RepeatedCompositeFieldContainer[Prompt]
     sampling: Sampling
     deadline_seconds: float
-    def __init__(self, lease_id: _Optional[str] = ..., kind: _Optional[_Union[LeaseKind, str]] = ..., generation: _Optional[int] = ..., member_start: _Optional[int] = ..., member_end: _Optional[int] = ..., sigma: _Optional[float] = ..., prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., deadline_seconds: _Optional[float] = ...) -> None: ...
+    return_completions: int
+    def __init__(self, lease_id: _Optional[str] = ..., kind: _Optional[_Union[LeaseKind, str]] = ..., generation: _Optional[int] = ..., member_start: _Optional[int] = ..., member_end: _Optional[int] = ..., sigma: _Optional[float] = ..., prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., deadline_seconds: _Optional[float] = ..., return_completions: _Optional[int] = ...) -> None: ...
 
 class ReportResultRequest(_message.Message):
-    __slots__ = ("worker_id", "lease_id", "generation", "rewards", "statuses", "weights_fingerprint", "generated_tokens", "generate_seconds", "reward_seconds", "update_seconds", "noise_seconds")
+    __slots__ = ("worker_id", "lease_id", "generation", "rewards", "statuses", "weights_fingerprint", "generated_tokens", "generate_seconds", "reward_seconds", "update_seconds", "noise_seconds", "completions")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
@@ -246,6 +323,7 @@ class ReportResultRequest(_message.Message):
     REWARD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     UPDATE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     NOISE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     lease_id: str
     generation: int
@@ -257,7 +335,8 @@ class ReportResultRequest(_message.Message):
     reward_seconds: float
     update_seconds: float
     noise_seconds: float
-    def __init__(self, worker_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., generation: _Optional[int] = ..., rewards: _Optional[_Iterable[float]] = ..., statuses: _Optional[_Iterable[_Union[_reward_pb2.ScoreStatus, str]]] = ..., weights_fingerprint: _Optional[str] = ..., generated_tokens: _Optional[int] = ..., generate_seconds: _Optional[float] = ..., reward_seconds: _Optional[float] = ..., update_seconds: _Optional[float] = ..., noise_seconds: _Optional[float] = ...) -> None: ...
+    completions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, worker_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., generation: _Optional[int] = ..., rewards: _Optional[_Iterable[float]] = ..., statuses: _Optional[_Iterable[_Union[_reward_pb2.ScoreStatus, str]]] = ..., weights_fingerprint: _Optional[str] = ..., generated_tokens: _Optional[int] = ..., generate_seconds: _Optional[float] = ..., reward_seconds: _Optional[float] = ..., update_seconds: _Optional[float] = ..., noise_seconds: _Optional[float] = ..., completions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReportResultResponse(_message.Message):
     __slots__ = ("accepted", "reason", "resync")
@@ -316,7 +395,7 @@ class WorkerStatus(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., leases_completed: _Optional[int] = ..., weights_fingerprint: _Optional[str] = ..., last_seen_seconds_ago: _Optional[float] = ..., device: _Optional[str] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("run_id", "generation", "total_generations", "finished", "history", "workers", "weights_fingerprint", "last_checkpoint", "fingerprint_mismatches", "lease_reassignments", "lease_releases", "workers_total")
+    __slots__ = ("run_id", "generation", "total_generations", "finished", "history", "workers", "weights_fingerprint", "last_checkpoint", "fingerprint_mismatches", "lease_reassignments", "lease_releases", "workers_total", "state", "failure", "training_seconds", "time_budget_seconds")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     TOTAL_GENERATIONS_FIELD_NUMBER: _ClassVar[int]
@@ -329,6 +408,10 @@ class GetStatusResponse(_message.Message):
     LEASE_REASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     LEASE_RELEASES_FIELD_NUMBER: _ClassVar[int]
     WORKERS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TIME_BUDGET_SECONDS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     generation: int
     total_generations: int
@@ -341,4 +424,8 @@ class GetStatusResponse(_message.Message):
     lease_reassignments: int
     lease_releases: int
     workers_total: int
-    def __init__(self, run_id: _Optional[str] = ..., generation: _Optional[int] = ..., total_generations: _Optional[int] = ..., finished: _Optional[bool] = ..., history: _Optional[_Iterable[_Union[GenerationSummary, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., weights_fingerprint: _Optional[str] = ..., last_checkpoint: _Optional[_Union[CheckpointInfo, _Mapping]] = ..., fingerprint_mismatches: _Optional[int] = ..., lease_reassignments: _Optional[int] = ..., lease_releases: _Optional[int] = ..., workers_total: _Optional[int] = ...) -> None: ...
+    state: RunState
+    failure: str
+    training_seconds: float
+    time_budget_seconds: float
+    def __init__(self, run_id: _Optional[str] = ..., generation: _Optional[int] = ..., total_generations: _Optional[int] = ..., finished: _Optional[bool] = ..., history: _Optional[_Iterable[_Union[GenerationSummary, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., weights_fingerprint: _Optional[str] = ..., last_checkpoint: _Optional[_Union[CheckpointInfo, _Mapping]] = ..., fingerprint_mismatches: _Optional[int] = ..., lease_reassignments: _Optional[int] = ..., lease_releases: _Optional[int] = ..., workers_total: _Optional[int] = ..., state: _Optional[_Union[RunState, str]] = ..., failure: _Optional[str] = ..., training_seconds: _Optional[float] = ..., time_budget_seconds: _Optional[float] = ...) -> None: ...

@@ -69,6 +69,26 @@ class OptimizerServiceStub:
                 request_serializer=hatchery_dot_v1_dot_optimizer__pb2.FetchModelFileRequest.SerializeToString,
                 response_deserializer=hatchery_dot_v1_dot_optimizer__pb2.CheckpointChunk.FromString,
                 _registered_method=True)
+        self.WatchRun = channel.unary_stream(
+                '/hatchery.v1.OptimizerService/WatchRun',
+                request_serializer=hatchery_dot_v1_dot_optimizer__pb2.WatchRunRequest.SerializeToString,
+                response_deserializer=hatchery_dot_v1_dot_optimizer__pb2.RunEvent.FromString,
+                _registered_method=True)
+        self.PauseRun = channel.unary_unary(
+                '/hatchery.v1.OptimizerService/PauseRun',
+                request_serializer=hatchery_dot_v1_dot_optimizer__pb2.PauseRunRequest.SerializeToString,
+                response_deserializer=hatchery_dot_v1_dot_optimizer__pb2.RunControlResponse.FromString,
+                _registered_method=True)
+        self.ResumeRun = channel.unary_unary(
+                '/hatchery.v1.OptimizerService/ResumeRun',
+                request_serializer=hatchery_dot_v1_dot_optimizer__pb2.ResumeRunRequest.SerializeToString,
+                response_deserializer=hatchery_dot_v1_dot_optimizer__pb2.RunControlResponse.FromString,
+                _registered_method=True)
+        self.StopRun = channel.unary_unary(
+                '/hatchery.v1.OptimizerService/StopRun',
+                request_serializer=hatchery_dot_v1_dot_optimizer__pb2.StopRunRequest.SerializeToString,
+                response_deserializer=hatchery_dot_v1_dot_optimizer__pb2.RunControlResponse.FromString,
+                _registered_method=True)
 
 
 class OptimizerServiceServicer:
@@ -127,6 +147,45 @@ class OptimizerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchRun(self, request, context):
+        """Run control, for people and their tools rather than workers. With bearer tokens on,
+        WatchRun and GetStatus take a worker's token or $HATCHERY_CONTROL_TOKEN; PauseRun,
+        ResumeRun and StopRun take $HATCHERY_CONTROL_TOKEN alone (PERMISSION_DENIED for a
+        worker's token, or when the optimizer has a worker token but no control token).
+
+        The run's generations as they close, from `from_generation` on, read from the run's
+        metrics file (so a restarted optimizer replays them exactly), then live; the stream
+        ends with an event that says the run is over. A client that reconnects with the
+        generation after the last one it received misses nothing and sees nothing twice.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseRun(self, request, context):
+        """No lease goes out until ResumeRun: workers wait without errors, leases already out
+        finish (so the generation count may still move by one), and the time budget does
+        not count paused time. Survives an optimizer restart.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeRun(self, request, context):
+        """Hands out leases again after PauseRun; nothing changes for a run that is not paused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopRun(self, request, context):
+        """Ends the run after the generation in flight (resuming it if paused): the final
+        held-out evaluation, the model and the plot are written as when the budget runs out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +223,26 @@ def add_OptimizerServiceServicer_to_server(servicer, server):
                     servicer.FetchModelFile,
                     request_deserializer=hatchery_dot_v1_dot_optimizer__pb2.FetchModelFileRequest.FromString,
                     response_serializer=hatchery_dot_v1_dot_optimizer__pb2.CheckpointChunk.SerializeToString,
+            ),
+            'WatchRun': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRun,
+                    request_deserializer=hatchery_dot_v1_dot_optimizer__pb2.WatchRunRequest.FromString,
+                    response_serializer=hatchery_dot_v1_dot_optimizer__pb2.RunEvent.SerializeToString,
+            ),
+            'PauseRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseRun,
+                    request_deserializer=hatchery_dot_v1_dot_optimizer__pb2.PauseRunRequest.FromString,
+                    response_serializer=hatchery_dot_v1_dot_optimizer__pb2.RunControlResponse.SerializeToString,
+            ),
+            'ResumeRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRun,
+                    request_deserializer=hatchery_dot_v1_dot_optimizer__pb2.ResumeRunRequest.FromString,
+                    response_serializer=hatchery_dot_v1_dot_optimizer__pb2.RunControlResponse.SerializeToString,
+            ),
+            'StopRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopRun,
+                    request_deserializer=hatchery_dot_v1_dot_optimizer__pb2.StopRunRequest.FromString,
+                    response_serializer=hatchery_dot_v1_dot_optimizer__pb2.RunControlResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -355,6 +434,114 @@ class OptimizerService:
             '/hatchery.v1.OptimizerService/FetchModelFile',
             hatchery_dot_v1_dot_optimizer__pb2.FetchModelFileRequest.SerializeToString,
             hatchery_dot_v1_dot_optimizer__pb2.CheckpointChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hatchery.v1.OptimizerService/WatchRun',
+            hatchery_dot_v1_dot_optimizer__pb2.WatchRunRequest.SerializeToString,
+            hatchery_dot_v1_dot_optimizer__pb2.RunEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hatchery.v1.OptimizerService/PauseRun',
+            hatchery_dot_v1_dot_optimizer__pb2.PauseRunRequest.SerializeToString,
+            hatchery_dot_v1_dot_optimizer__pb2.RunControlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hatchery.v1.OptimizerService/ResumeRun',
+            hatchery_dot_v1_dot_optimizer__pb2.ResumeRunRequest.SerializeToString,
+            hatchery_dot_v1_dot_optimizer__pb2.RunControlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hatchery.v1.OptimizerService/StopRun',
+            hatchery_dot_v1_dot_optimizer__pb2.StopRunRequest.SerializeToString,
+            hatchery_dot_v1_dot_optimizer__pb2.RunControlResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import threading
 
 import grpc
 import pytest
@@ -12,9 +13,11 @@ from hatchery.core.config import parse_config
 from hatchery.core.model import load_model
 from hatchery.core.start import prepare_start
 from hatchery.core.update_log import read_log
+from hatchery.service.prompts import struct_values
 from hatchery.service.serving import channel
 from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import optimizer_pb2_grpc, reward_pb2
+from optimizer_svc.control import RunControl
 from optimizer_svc.coordinator import MAX_WORKERS, STATUS_WORKERS, Coordinator
 from optimizer_svc.server import optimizer_server
 
@@ -302,3 +305,127 @@ def test_the_worker_registry_and_status_stay_bounded(optimizer):
     clock.now += 2 * 30 + 1  # twice the lease timeout: everyone is gone but whoever calls now
     stub.GetWork(pb.GetWorkRequest(worker_id="back"), timeout=10)
     assert [w.worker_id for w in stub.GetStatus(pb.GetStatusRequest(), timeout=10).workers] == ["back"]
+
+
+def _drive(stub, coordinator, clock, seconds_per_lease=1.0):
+    """Answers leases, as many completions as each asks for, until none is handed out; the last GetWork."""
+    while (work := stub.GetWork(pb.GetWorkRequest(worker_id="w1", applied_generation=coordinator.generation),
+                                timeout=10)).HasField("lease"):
+        clock.now += seconds_per_lease
+        result = _result(work.lease, coordinator.weights_fingerprint, reward=float(work.lease.member_start))
+        result.completions.extend(f"answer {i}" for i in range(work.lease.return_completions))
+        assert stub.ReportResult(result, timeout=10).accepted
+    return work
+
+
+def test_pause_holds_every_lease_and_keeps_paused_time_off_the_clock(optimizer):
+    stub, coordinator, clock = optimizer
+    evaluation = stub.GetWork(pb.GetWorkRequest(worker_id="w1"), timeout=10).lease
+    clock.now += 5.0
+    stub.ReportResult(_result(evaluation, coordinator.weights_fingerprint), timeout=10)
+    first = stub.GetWork(pb.GetWorkRequest(worker_id="w1"), timeout=10).lease  # out when the pause comes
+    assert stub.PauseRun(pb.PauseRunRequest(), timeout=10).state == pb.RUN_STATE_PAUSED
+    for _ in range(30):  # three lease timeouts of polling: no lease, no error, the same generation
+        clock.now += 3.0
+        work = stub.GetWork(pb.GetWorkRequest(worker_id="w1"), timeout=10)
+        assert not work.HasField("lease") and work.retry_after_seconds == 1.0 and not work.finished
+    assert stub.ReportResult(_result(first, coordinator.weights_fingerprint), timeout=10).accepted  # in flight: kept
+    status = stub.GetStatus(pb.GetStatusRequest(), timeout=10)
+    assert (status.state, status.generation) == (pb.RUN_STATE_PAUSED, 0)
+    assert RunControl.load(coordinator.run_dir) == RunControl(paused=True)  # what a restarted optimizer reads
+    assert stub.ResumeRun(pb.ResumeRunRequest(), timeout=10).state == pb.RUN_STATE_RUNNING
+    clock.now += 2.0
+    second = stub.GetWork(pb.GetWorkRequest(worker_id="w1"), timeout=10).lease
+    assert stub.ReportResult(_result(second, coordinator.weights_fingerprint), timeout=10).accepted
+    assert coordinator.generation == 1
+    assert coordinator.history[0].seconds == 2.0  # the 90 paused seconds are not training time
+    assert stub.ResumeRun(pb.ResumeRunRequest(), timeout=10).state == pb.RUN_STATE_RUNNING  # not paused: no-op
+
+
+def test_stop_ends_the_run_after_the_generation_in_flight(optimizer):
+    stub, coordinator, clock = optimizer
+    evaluation = stub.GetWork(pb.GetWorkRequest(worker_id="w1"), timeout=10).lease
+    stub.ReportResult(_result(evaluation, coordinator.weights_fingerprint), timeout=10)
+    first = stub.GetWork(pb.GetWorkRequest(worker_id="w1"), timeout=10).lease
+    stub.PauseRun(pb.PauseRunRequest(), timeout=10)
+    assert stub.StopRun(pb.StopRunRequest(), timeout=10).state == pb.RUN_STATE_FINISHING
+    assert stub.ReportResult(_result(first, coordinator.weights_fingerprint), timeout=10).accepted
+    work = _drive(stub, coordinator, clock)  # the rest of generation 0 (a stop resumes), then the final evaluation
+    assert work.finished and coordinator.generation == 1
+    assert [(s.generation, s.trained) for s in coordinator.history] == [(0, True), (1, False)]
+    assert coordinator.completed.wait(10) and coordinator.state() == pb.RUN_STATE_FINISHED
+    with pytest.raises(grpc.RpcError) as err:
+        stub.PauseRun(pb.PauseRunRequest(), timeout=10)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "finished" in err.value.details()
+
+
+def test_watchers_see_every_generation_once_in_order_and_the_end(optimizer):
+    """One watcher follows from the start; another leaves after two events and comes back
+    from the generation after the last one it saw. Both see the same run, as metrics.jsonl has it."""
+    stub, coordinator, clock = optimizer
+    whole = []
+    watcher = threading.Thread(target=lambda: whole.extend(stub.WatchRun(pb.WatchRunRequest(), timeout=60)))
+    watcher.start()
+    assert _drive(stub, coordinator, clock).finished
+    watcher.join(30)
+    first_two = []
+    for event in (early := stub.WatchRun(pb.WatchRunRequest(), timeout=60)):
+        first_two.append(event)
+        if len(first_two) == 2:
+            early.cancel()
+            break
+    rest = list(stub.WatchRun(pb.WatchRunRequest(from_generation=first_two[-1].generation + 1), timeout=60))
+    rows = [json.loads(line) for line in (coordinator.run_dir / "metrics.jsonl").read_text().splitlines()]
+    for events in (whole, first_two + rest):
+        assert [e.generation for e in events] == [0, 1, 2, 2]  # two trained, the final evaluation, the end
+        assert [struct_values(e.row) for e in events[:3]] == rows and not events[3].HasField("row")
+        assert events[-1].state == pb.RUN_STATE_FINISHED
+    assert [e.HasField("evaluation") for e in whole[:3]] == [True, False, True]  # at 0 and the final one
+    samples = whole[0].evaluation.samples
+    assert [(s.prompt, s.reference, s.completion, s.reward) for s in samples] == [
+        (p.text, p.reference, f"answer {i}", 0.0) for i, p in enumerate(coordinator.task.heldout[:4])]
+
+
+def test_run_control_takes_its_own_token(tiny_llama_dir, tmp_path):
+    """Workers' token: the workers' calls, status and watch. Control token: pause, resume, stop,
+    status and watch. A worker's token cannot pause or stop a run."""
+    cfg = parse_config({"run_dir": str(tmp_path / "run"), "model": {"source": str(tiny_llama_dir)},
+                        "task": {"heldout_size": 2}, "es": {"population": 2}})
+    coordinator = Coordinator(cfg, load_model(tiny_llama_dir), tmp_path / "run")
+    start = prepare_start(cfg, tmp_path / "run")
+    servers = {"both": optimizer_server(coordinator, start, token="worker-t", control="control-t"),
+               "workers only": optimizer_server(coordinator, start, token="worker-t")}
+    for server in servers.values():
+        server.start()
+
+    def code(name, token, method, request, timeout=10.0):
+        ch = channel(servers[name].address, token=token)
+        try:
+            reply = getattr(optimizer_pb2_grpc.OptimizerServiceStub(ch), method)(request, timeout=timeout)
+            if method == "WatchRun":
+                list(reply)
+            return grpc.StatusCode.OK, ""
+        except grpc.RpcError as err:
+            return err.code(), err.details()
+        finally:
+            ch.close()
+
+    pause, status = ("PauseRun", pb.PauseRunRequest()), ("GetStatus", pb.GetStatusRequest())
+    work = ("GetWork", pb.GetWorkRequest(worker_id="w"))
+    try:
+        assert code("both", "worker-t", *pause) == (grpc.StatusCode.PERMISSION_DENIED,
+                                                    "a worker's token cannot control a run: send "
+                                                    "$HATCHERY_CONTROL_TOKEN")
+        assert code("both", "", *pause)[0] == grpc.StatusCode.UNAUTHENTICATED
+        assert code("both", "control-t", *work)[0] == grpc.StatusCode.PERMISSION_DENIED
+        for token in ("worker-t", "control-t"):
+            assert code("both", token, *status)[0] == grpc.StatusCode.OK
+        assert code("both", "control-t", *pause)[0] == grpc.StatusCode.OK and coordinator.control.paused
+        assert code("both", "control-t", "StopRun", pb.StopRunRequest())[0] == grpc.StatusCode.OK
+        watch = ("WatchRun", pb.WatchRunRequest(from_generation=10))
+        assert code("both", "worker-t", *watch, timeout=1.0)[0] == grpc.StatusCode.DEADLINE_EXCEEDED  # let in
+        refused = code("workers only", "worker-t", *pause)
+        assert refused[0] == grpc.StatusCode.PERMISSION_DENIED and "set $HATCHERY_CONTROL_TOKEN" in refused[1]
+    finally:
+        for server in servers.values():
+            server.stop()
