@@ -22,17 +22,13 @@ from dataclasses import dataclass
 import grpc
 
 from hatchery.service.prompts import struct_values
+from hatchery.service.run_state import state_name
 from hatchery.service.security import Tls, service_token
 from hatchery.service.serving import channel
 from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import optimizer_pb2_grpc
 
 RECONNECTABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-
-
-def state_name(state: pb.RunState) -> str:
-    """RUN_STATE_PAUSED -> "paused"; "" for an optimizer that predates run states."""
-    return "" if state == pb.RUN_STATE_UNSPECIFIED else pb.RunState.Name(state).removeprefix("RUN_STATE_").lower()
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,6 @@ def summary(rewards: list[float], statuses: list[int]) -> dict:
 def _score(address: str, grader: str, samples: list[pb.Sample]) -> tuple[list[float], list[int]]:
     client = RewardClient([Endpoint([address], grader)])
     try:
-        return client.score(samples)
+        return client.score(samples)[:2]
     finally:
         client.close()

@@ -34,7 +34,7 @@ from hatchery.service.metrics import (
     serve_metrics,
 )
 from hatchery.service.prompts import reward_sample
-from hatchery.service.reward_client import Endpoint, RewardClient
+from hatchery.service.reward_client import Endpoint, RewardClient, Scored
 from hatchery.service.security import Tls, service_token
 from hatchery.service.serving import Server, channel, invalid_argument_on_value_error, stop_event_on_signals
 from hatchery.v1 import inference_pb2, inference_pb2_grpc, optimizer_pb2_grpc, reward_pb2
@@ -167,7 +167,7 @@ class Worker:
             self.join()
         return False
 
-    def _score(self, samples: list[reward_pb2.Sample], stop: threading.Event) -> tuple[list[float], list[int]]:
+    def _score(self, samples: list[reward_pb2.Sample], stop: threading.Event) -> Scored:
         """Scores the completions in hand; a reward service that is down past the client's
         own retries is waited for (up to the outage limit, or until the worker is told to
         stop), so its crash costs no generation."""
@@ -197,7 +197,7 @@ class Worker:
         per_prompt = len(lease.prompts)
         samples = [reward_sample(p, text)
                    for text, p in zip(completions.texts, list(lease.prompts) * (len(completions.texts) // per_prompt))]
-        rewards, statuses = self._score(samples, stop)
+        rewards, statuses, parts = self._score(samples, stop)
         unscored = sum(s != reward_pb2.SCORE_STATUS_OK for s in statuses)
         if unscored:
             log.warning("lease %s: %d of %d samples not scored (%s)", lease.lease_id, unscored, len(statuses),
@@ -207,7 +207,9 @@ class Worker:
             rewards=rewards, statuses=statuses,
             weights_fingerprint=fp, generated_tokens=completions.new_tokens,
             generate_seconds=completions.seconds, reward_seconds=time.perf_counter() - started,
-            noise_seconds=noise_seconds, completions=completions.texts[:lease.return_completions])
+            noise_seconds=noise_seconds, completions=completions.texts[:lease.return_completions],
+            sub_score_sums={name: total for name, (total, _) in parts.items()},
+            sub_score_counts={name: count for name, (_, count) in parts.items()})
 
 
 def reward_client(settings: pb.RewardSettings, local_address: str, local_grader: str,

@@ -49,6 +49,7 @@ from hatchery.es import (
     shape_fitness,
 )
 from hatchery.service.prompts import lease_prompt
+from hatchery.service.run_state import state_name
 from hatchery.service.settings import step_rule
 from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import reward_pb2
@@ -253,6 +254,8 @@ class Coordinator:
             if len(req.rewards) != expected or len(req.statuses) != expected:
                 raise ValueError(f"lease {req.lease_id} needs {expected} rewards and statuses, "
                                  f"got {len(req.rewards)} and {len(req.statuses)}")
+            if any(count > expected for count in req.sub_score_counts.values()):
+                raise ValueError(f"sub_score_counts: more than the lease's {expected} samples")
             if len(req.completions) > lease.return_completions:
                 raise ValueError(f"lease {req.lease_id} asks for {lease.return_completions} completions, "
                                  f"got {len(req.completions)}")
@@ -278,7 +281,9 @@ class Coordinator:
                     self._close_evaluation(rewards[0], list(req.completions))
                     return pb.ReportResultResponse(accepted=True)
                 self.current.add(lease.member_start, rewards, req.generated_tokens,
-                                 {part: getattr(req, f"{part}_seconds") for part in WORKER_TIME_SPLIT})
+                                 {part: getattr(req, f"{part}_seconds") for part in WORKER_TIME_SPLIT},
+                                 {name: (total, req.sub_score_counts.get(name, 0))
+                                  for name, total in req.sub_score_sums.items()})
                 if self.leases.idle:
                     self._close_generation()
                 else:
@@ -397,7 +402,7 @@ class Coordinator:
         """No lease goes out until resume(); FinishingError once the run is ending."""
         with self._lock:
             if self.state() not in (pb.RUN_STATE_RUNNING, pb.RUN_STATE_PAUSED):
-                raise FinishingError(f"the run is {_state_name(self.state())}: there is nothing to pause")
+                raise FinishingError(f"the run is {state_name(self.state())}: there is nothing to pause")
             if not self.control.paused:
                 self._set_control(paused=True)
                 self._paused_since = self.clock()
@@ -473,10 +478,6 @@ class Coordinator:
 
 class FinishingError(ValueError):
     """A control request that makes no sense once the run is ending."""
-
-
-def _state_name(state: pb.RunState) -> str:
-    return pb.RunState.Name(state).removeprefix("RUN_STATE_").lower()
 
 
 def _range(rewards: np.ndarray) -> str:

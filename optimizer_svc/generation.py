@@ -43,6 +43,7 @@ class Generation:
     rewards: np.ndarray = field(init=False)  # population x prompts; NaN until reported, or not scored OK
     tokens: int = 0
     split: dict[str, float] = field(default_factory=lambda: dict.fromkeys(WORKER_TIME_SPLIT, 0.0))
+    parts: dict[str, list[float]] = field(default_factory=dict)  # sub-score name -> [sum, count]
 
     def __post_init__(self) -> None:
         self.rewards = np.full((self.population, 0), np.nan)
@@ -51,12 +52,18 @@ class Generation:
         self.prompt_indices = prompt_indices
         self.rewards = np.full((self.population, len(prompt_indices)), np.nan)
 
-    def add(self, member_start: int, rewards: np.ndarray, tokens: int, split: dict[str, float]) -> None:
-        """A training lease's rewards (its members x the prompts) and what the worker spent on it."""
+    def add(self, member_start: int, rewards: np.ndarray, tokens: int, split: dict[str, float],
+            sub_scores: dict[str, tuple[float, int]]) -> None:
+        """A training lease's rewards (its members x the prompts), what the worker spent on it,
+        and its graders' sub-scores (sum, count)."""
         self.rewards[member_start:member_start + len(rewards)] = rewards
         self.tokens += tokens
         for part in WORKER_TIME_SPLIT:
             self.split[part] += split[part]
+        for name, (total, count) in sub_scores.items():
+            acc = self.parts.setdefault(name, [0.0, 0])
+            acc[0] += total
+            acc[1] += count
 
     def _differs(self) -> np.ndarray:
         """Per training prompt: do the members' rewards differ?"""
@@ -85,4 +92,5 @@ class Generation:
         h = self.heldout
         return GenerationStats(self.number, mean, best, std, h.reward if h else None, now - self.started, self.tokens,
                                norm, spread, failed, split, h.stderr if h else None, h.seconds if h else 0.0,
-                               self.prompt_indices, spread_prompts, list(h.samples) if h else [])
+                               self.prompt_indices, spread_prompts, list(h.samples) if h else [],
+                               {name: total / count for name, (total, count) in sorted(self.parts.items()) if count})

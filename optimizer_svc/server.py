@@ -16,7 +16,7 @@ from typing import BinaryIO
 import grpc
 from google.protobuf import struct_pb2
 
-from hatchery.core.config import RunConfig
+from hatchery.core.config import RunConfig, trackers
 from hatchery.core.model import LoadedModel, load_model
 from hatchery.core.run_files import RunFilesError, writing
 from hatchery.core.run_metrics import WORKER_TIME_SPLIT, GenerationStats, progress_line
@@ -28,10 +28,12 @@ from hatchery.service.settings import es_settings, reward_settings
 from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import optimizer_pb2_grpc, reward_pb2
 from optimizer_svc.coordinator import Coordinator, FinishingError
+from optimizer_svc.tracking import TrackerFeed
 
 log = logging.getLogger("hatchery.optimizer")
 MAX_WORKER_ID = 256
 MAX_DEVICE_CHARS = 256
+MAX_SUB_SCORES = 64
 CHUNK_BYTES = 1 << 20
 
 
@@ -54,6 +56,12 @@ def check_report(req: pb.ReportResultRequest) -> None:
             raise ValueError(f"statuses[{i}]: {status} is not a hatchery.v1.ScoreStatus")
         if status == reward_pb2.SCORE_STATUS_OK and not math.isfinite(reward):
             raise ValueError(f"rewards[{i}] is {reward} with status OK; report a non-finite score as FAILED")
+    if len(req.sub_score_sums) > MAX_SUB_SCORES or set(req.sub_score_counts) != set(req.sub_score_sums):
+        raise ValueError(f"sub_score_sums and sub_score_counts: at most {MAX_SUB_SCORES} names, the same in both")
+    for name, total in req.sub_score_sums.items():
+        if len(name) > MAX_WORKER_ID or not math.isfinite(total):
+            raise ValueError(f"sub_score_sums[{name[:40]!r}]: a name of at most {MAX_WORKER_ID} characters "
+                             f"and a finite sum, got {total}")
     for name in (f"{part}_seconds" for part in WORKER_TIME_SPLIT):
         value = getattr(req, name)
         if not (math.isfinite(value) and value >= 0):
@@ -227,8 +235,12 @@ def serve(cfg: RunConfig, host: str, port: int, port_file: str | None, tls: Tls 
         with writing(run_dir / "rewards.png"):
             plot_rewards(run_dir / "metrics.jsonl", run_dir / "rewards.png", f"{cfg.task.name}: {run_dir.name}")
 
+    feed = TrackerFeed(cfg, run_dir) if trackers(cfg.tracking) else None
+
     def on_generation(stats: GenerationStats) -> None:
         print(progress_line(stats, cfg.train.generations), flush=True)
+        if feed:
+            feed.put(stats)
         if stats.trained:
             GENERATION_DURATION.observe(stats.seconds)
             PERTURBATIONS.inc(cfg.es.population)
@@ -243,6 +255,9 @@ def serve(cfg: RunConfig, host: str, port: int, port_file: str | None, tls: Tls 
     log.info("optimizer on %s, run dir %s", server.address, run_dir)
     while not stop.is_set() and not coordinator.completed.wait(0.5):
         pass
+    if feed:
+        feed.close("failed" if coordinator.failure else "finished" if coordinator.completed.is_set() else
+                   "interrupted")
     if coordinator.failure:
         print(f"hatchery optimizer: the run failed: {coordinator.failure}; its files in {run_dir} hold every "
               "generation before it: fix the cause and resume, or `hatchery export` what is there",

@@ -131,27 +131,36 @@ class _Process:
         self.conn.close()
 
 
-class PluginGrader:
-    """A BatchGrader over a pool of worker processes running one plug-in function."""
+class ProcessGrader:
+    """A BatchGrader over a pool of worker processes that each host `function`: a call past
+    `timeout_seconds` kills its process and marks its samples TIMED_OUT, and a call that fails
+    as a whole is retried sample by sample, so only the culprit is marked. Subclasses say how
+    samples become the function's keywords and what it returns becomes outcomes."""
 
     sub_score_names: tuple[str, ...] = ()
 
-    def __init__(self, function: str, path: str = "", timeout_seconds: float = 10.0, memory_mb: int = 2048,
-                 processes: int = 2, batch_size: int = 16, confined: bool = True):
-        if ":" not in function:
-            raise ValueError(f"plug-in function must be 'module:function', got {function!r}")
+    def __init__(self, function: str, path: str, timeout_seconds: float, memory_mb: int, processes: int,
+                 batch_size: int, confined: bool, start_now: bool):
         self.function, self.path, self.memory_mb, self.confined = function, path, memory_mb, confined
+        self.label = function  # what messages call it
         self.timeout_seconds, self.batch_size = timeout_seconds, batch_size
         self._idle: queue.Queue[_Process | None] = queue.Queue()  # None: a process to start on first use
-        started = [_Process(function, path, memory_mb, confined) for _ in range(processes)]  # load errors: here
-        for proc in started:
+        started = [_Process(function, path, memory_mb, confined) for _ in range(processes if start_now else 0)]
+        for proc in started:  # load errors are raised here, when started now
             self._idle.put(proc)
-        self.kernel_layers = started[0].kernel_layers  # ("landlock", "seccomp") where the kernel offers them
-        if confined:
-            log.info("plug-in %s: confined by an audit hook%s", function,
-                     "".join(f" and {layer}" for layer in self.kernel_layers) or " alone (no kernel layer here)")
-        self._pool = ThreadPoolExecutor(max_workers=processes, thread_name_prefix="reward-plugin")
+        for _ in range(processes - len(started)):
+            self._idle.put(None)
+        self._alive: set[_Process] = set(started)  # every process running, idle or in a call
+        self._closed = False
+        self.kernel_layers = started[0].kernel_layers if started else ()
+        self._pool = ThreadPoolExecutor(max_workers=processes, thread_name_prefix="reward-process")
         self._processes = processes
+
+    def _request(self, samples: Sequence[reward_pb2.Sample]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _outcomes(self, value: list, samples: Sequence[reward_pb2.Sample]) -> list[Outcome]:
+        raise NotImplementedError
 
     def score(self, samples: Sequence[reward_pb2.Sample]) -> list[Outcome]:
         chunks = [samples[i:i + self.batch_size] for i in range(0, len(samples), self.batch_size)]
@@ -165,31 +174,59 @@ class PluginGrader:
         return outcomes
 
     def _call(self, samples: Sequence[reward_pb2.Sample]) -> list[Outcome]:
-        kwargs = _keywords(samples)
+        kwargs = self._request(samples)
         proc = self._idle.get()
         try:
-            proc = proc or _Process(self.function, self.path, self.memory_mb, self.confined)
+            if self._closed:
+                raise RuntimeError("the reward service is stopping")
+            if proc is None:
+                proc = _Process(self.function, self.path, self.memory_mb, self.confined)
+                self._alive.add(proc)
             kind, value = proc.call(kwargs, self.timeout_seconds)
         except (RuntimeError, OSError) as err:  # could not restart, or the pipe broke
             kind, value = "crashed", str(err)
         if kind in ("timeout", "crashed") and proc is not None:
-            log.warning("plug-in %s: %s; its process will be restarted", self.function, value)
-            proc.kill()
+            if not self._closed:
+                log.warning("%s: %s; its process will be restarted", self.label, value)
+            self._kill(proc)
             proc = None
         self._idle.put(proc)
         if kind == "timeout":
-            return [Outcome.failed(f"{self.function}: {value}", Status.TIMED_OUT)] * len(samples)
+            return [Outcome.failed(f"{self.label}: {value}", Status.TIMED_OUT)] * len(samples)
         if kind != "ok":
-            return [Outcome.failed(f"{self.function}: {value}")] * len(samples)
+            return [Outcome.failed(f"{self.label}: {value}")] * len(samples)
         if len(value) != len(samples):
-            return [Outcome.failed(f"{self.function} returned {len(value)} scores for {len(samples)} samples")
+            return [Outcome.failed(f"{self.label} returned {len(value)} scores for {len(samples)} samples")
                     ] * len(samples)
-        return [Outcome.failed(f"{self.function} returned None", Status.NOT_APPLICABLE) if v is None
-                else Outcome.of_score(v) for v in value]
+        return self._outcomes(value, samples)
+
+    def _kill(self, proc: _Process) -> None:
+        self._alive.discard(proc)
+        proc.kill()
 
     def close(self) -> None:
-        self._pool.shutdown()
-        for _ in range(self._processes):
-            proc = self._idle.get()
-            if proc is not None:
-                proc.kill()
+        """Stops every worker process now, calls in flight included: a stopping service waits for no grader."""
+        self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for proc in list(self._alive):
+            self._kill(proc)
+
+
+class PluginGrader(ProcessGrader):
+    """A Python plug-in function, TRL-style, over a pool of confined worker processes."""
+
+    def __init__(self, function: str, path: str = "", timeout_seconds: float = 10.0, memory_mb: int = 2048,
+                 processes: int = 2, batch_size: int = 16, confined: bool = True):
+        if ":" not in function:
+            raise ValueError(f"plug-in function must be 'module:function', got {function!r}")
+        super().__init__(function, path, timeout_seconds, memory_mb, processes, batch_size, confined, start_now=True)
+        if confined:
+            log.info("plug-in %s: confined by an audit hook%s", function,
+                     "".join(f" and {layer}" for layer in self.kernel_layers) or " alone (no kernel layer here)")
+
+    def _request(self, samples: Sequence[reward_pb2.Sample]) -> dict[str, Any]:
+        return _keywords(samples)
+
+    def _outcomes(self, value: list, samples: Sequence[reward_pb2.Sample]) -> list[Outcome]:
+        return [Outcome.failed(f"{self.function} returned None", Status.NOT_APPLICABLE) if v is None
+                else Outcome.of_score(v) for v in value]

@@ -17,6 +17,7 @@ from hatchery.service.serving import Server, invalid_argument_on_value_error, st
 from hatchery.v1 import reward_pb2 as pb
 from hatchery.v1 import reward_pb2_grpc
 from reward_svc.graders import BatchGrader, Outcome, Status, builtin_graders
+from reward_svc.isolation import isolated_builtins
 from reward_svc.specs import build_graders, close_graders
 
 MAX_SAMPLES = 4096
@@ -89,13 +90,12 @@ def reward_server(default_grader: str = "first_integer", host: str = "127.0.0.1"
 
 
 def load_graders_file(path: str | None) -> dict[str, BatchGrader]:
-    """The built-ins plus the graders a YAML file defines (a mapping of name to spec)."""
-    if not path:
-        return builtin_graders()
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    """The built-ins, each in worker processes under a time limit, plus the graders a YAML file
+    defines (a mapping of name to spec)."""
+    data = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of grader name to spec")
-    return build_graders(data)
+    return build_graders(data, isolated_builtins())
 
 
 def serve(host: str, port: int, port_file: str | None, default_grader: str, graders_file: str | None = None,

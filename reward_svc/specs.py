@@ -9,13 +9,15 @@ from hatchery.core.grader_specs import CombinedSpec, PythonSpec, RegexSpec, pars
 from reward_svc.graders import BatchGrader, Combined, PerSample, Regex, builtin_graders
 
 
-def build_graders(data: Mapping[str, Any]) -> dict[str, BatchGrader]:
-    """The built-ins plus the graders the specs define; plug-in processes start here."""
+def build_graders(data: Mapping[str, Any], builtins: Mapping[str, BatchGrader] | None = None
+                  ) -> dict[str, BatchGrader]:
+    """`builtins` (default: builtin_graders()) plus the graders the specs define; plug-in
+    processes start here."""
     from reward_svc.http_bridge import OpenRLHFHttpGrader
     from reward_svc.plugins import PluginGrader
 
     specs = parse_specs(data)
-    graders = builtin_graders()
+    graders = dict(builtin_graders() if builtins is None else builtins)
     ordered = sorted(specs.items(), key=lambda item: isinstance(item[1], CombinedSpec))  # parts first
     for name, spec in ordered:
         if isinstance(spec, RegexSpec):

@@ -6,6 +6,7 @@ Unknown keys and bad values are refused with an error that names the key.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import re
 import time
 from dataclasses import dataclass, field
@@ -102,6 +103,31 @@ class RewardConfig:
 
 
 @dataclass(frozen=True)
+class MlflowConfig:
+    tracking_uri: str = ""  # a file store (file:/path/mlruns, or a path) or a server (http://mlflow:5000); empty: off
+    experiment: str = "hatchery"
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    project: str = ""  # empty: off
+    entity: str = ""  # empty: your default entity
+    mode: str = "offline"  # offline: files in RUN_DIR/wandb, uploaded later with `wandb sync`; or online
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Trackers the optimizer writes each generation to, besides metrics.jsonl; each is optional."""
+
+    tensorboard: bool = False  # event files in RUN_DIR/tensorboard: `tensorboard --logdir RUN_DIR`
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # tracker -> module
+
+
+@dataclass(frozen=True)
 class RunConfig:
     run_dir: str = ""  # empty: runs/<date>-<time> under the current directory
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -110,6 +136,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     grader: str = ""  # the local reward service's grader; empty: the task's
     reward: RewardConfig = field(default_factory=RewardConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -172,7 +199,26 @@ def validate(cfg: RunConfig) -> RunConfig:
     check(tr.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0", tr.checkpoint_every)
     check(tr.checkpoints_kept >= 1, "train.checkpoints_kept", "must be >= 1", tr.checkpoints_kept)
     _validate_reward(cfg)
+    _validate_tracking(cfg.tracking)
     return cfg
+
+
+def trackers(tracking: TrackingConfig) -> list[str]:
+    """The trackers a run writes to, by name."""
+    return [name for name, on in (("tensorboard", tracking.tensorboard), ("mlflow", tracking.mlflow.tracking_uri),
+                                  ("wandb", tracking.wandb.project)) if on]
+
+
+def _validate_tracking(tracking: TrackingConfig) -> None:
+    """A tracker whose library is not installed is refused here, with what installs it."""
+    check(tracking.wandb.mode in ("offline", "online"), "tracking.wandb.mode", "must be offline or online",
+          tracking.wandb.mode)
+    check(bool(tracking.mlflow.experiment), "tracking.mlflow.experiment", "must not be empty",
+          tracking.mlflow.experiment)
+    for name in trackers(tracking):
+        if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None:
+            raise ConfigError(f"tracking.{name}: the {TRACKER_PACKAGES[name]} package is not installed: "
+                              f"pip install 'hatchery[{name}]'")
 
 
 def _validate_source(model: ModelConfig) -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from hatchery.core.model import context_length, format_prompts, load_tokenizer, resolve_model
 from hatchery.core.schema import ConfigError
-from hatchery.core.tasks import Task, TaskPrompt, load_task
+from hatchery.core.tasks import EXACT_INTEGERS, Task, TaskPrompt, load_task
 
 if TYPE_CHECKING:
     import datasets
@@ -32,7 +32,6 @@ log = logging.getLogger("hatchery.data")
 FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 DEFAULT_MAX_NEW_TOKENS = 256
 MESSAGE_ROLES = ("system", "user", "assistant")
-EXACT_INTEGERS = 2**53  # a typed column is a JSON number (a double): whole numbers up to this are exact
 LENGTH_BATCH = 1024  # prompts templated and tokenized at a time when their lengths are measured
 BOUND_CHECKS = 256  # rows measured exactly to check that the chat template keeps to the length bound
 SPARE_TOKENS = 2  # beyond one per byte: SentencePiece's leading marker, and one to spare

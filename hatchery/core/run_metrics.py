@@ -46,6 +46,7 @@ class GenerationStats:
     # The first held-out prompts with the completions the evaluation got: prompt, reference,
     # completion, reward (None when not scored OK).
     heldout_samples: list[dict] = field(default_factory=list)
+    sub_scores: dict[str, float] = field(default_factory=dict)  # the graders' sub-scores, mean over samples scored OK
 
     @property
     def trained(self) -> bool:

@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+EXACT_INTEGERS = 2**53  # a typed column is a JSON number (a double): whole numbers up to this are exact
+
 
 @dataclass(frozen=True)
 class TaskPrompt:

@@ -3,14 +3,15 @@ to the reward service's Sample, with the dataset's typed columns and conversatio
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format, struct_pb2
 
-from hatchery.core.model import Prompt as ModelInput
-from hatchery.core.prompt_data import EXACT_INTEGERS
-from hatchery.core.tasks import TaskPrompt
+from hatchery.core.tasks import EXACT_INTEGERS, TaskPrompt
 from hatchery.v1 import optimizer_pb2, reward_pb2
+
+if TYPE_CHECKING:  # the reward service, which uses this module, has no need of torch
+    from hatchery.core.model import Prompt as ModelInput
 
 
 def lease_prompt(index: int, p: TaskPrompt) -> optimizer_pb2.Prompt:

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import grpc
 
@@ -60,6 +61,12 @@ class _Service:
         self.turn = itertools.count()  # round robin over replicas; thread-safe enough under the GIL
 
 
+class Scored(NamedTuple):
+    rewards: list[float]
+    statuses: list[int]
+    sub_scores: dict[str, tuple[float, int]]  # name -> (sum, count) over the samples scored OK
+
+
 class RewardClient:
     def __init__(self, endpoints: Sequence[Endpoint], timeout_seconds: float = 60.0, retries: int = 5,
                  batch_size: int = 256, backoff_seconds: float = 0.5, tls: Tls | None = None):
@@ -70,8 +77,7 @@ class RewardClient:
         self.batch_size, self.backoff_seconds = batch_size, backoff_seconds
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="reward-client")
 
-    def score(self, samples: Sequence[pb.Sample],
-              stop: threading.Event | None = None) -> tuple[list[float], list[int]]:
+    def score(self, samples: Sequence[pb.Sample], stop: threading.Event | None = None) -> Scored:
         """Rewards and statuses (hatchery.v1.ScoreStatus), one per sample; a reward is
         meaningful only where its status is OK. Raises the last grpc.RpcError when a
         service stays unreachable through all retries, or at once when `stop` is set
@@ -88,7 +94,15 @@ class RewardClient:
                     rewards[i], statuses[i] = 0.0, r.status  # the score is meaningless, as in the proto
                 elif statuses[i] == pb.SCORE_STATUS_OK:
                     rewards[i] += service.endpoint.weight * r.score
-        return rewards, statuses
+        parts: dict[str, list[float]] = {}  # sub-score name -> [sum, count] over the samples scored OK
+        for k in range(len(self.services)):
+            for i, r in enumerate(flat[k * n:(k + 1) * n]):
+                if statuses[i] == pb.SCORE_STATUS_OK:
+                    for name, value in r.sub_scores.items():
+                        total = parts.setdefault(name, [0.0, 0])
+                        total[0] += value
+                        total[1] += 1
+        return Scored(rewards, statuses, {name: (s, int(c)) for name, (s, c) in parts.items()})
 
     def _call(self, service: _Service, samples: Sequence[pb.Sample], stop: threading.Event) -> list[pb.SampleScore]:
         request = pb.ScoreRequest(samples=samples, grader=service.endpoint.grader)

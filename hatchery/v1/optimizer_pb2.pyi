@@ -311,7 +311,21 @@ class Lease(_message.Message):
     def __init__(self, lease_id: _Optional[str] = ..., kind: _Optional[_Union[LeaseKind, str]] = ..., generation: _Optional[int] = ..., member_start: _Optional[int] = ..., member_end: _Optional[int] = ..., sigma: _Optional[float] = ..., prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., deadline_seconds: _Optional[float] = ..., return_completions: _Optional[int] = ...) -> None: ...
 
 class ReportResultRequest(_message.Message):
-    __slots__ = ("worker_id", "lease_id", "generation", "rewards", "statuses", "weights_fingerprint", "generated_tokens", "generate_seconds", "reward_seconds", "update_seconds", "noise_seconds", "completions")
+    __slots__ = ("worker_id", "lease_id", "generation", "rewards", "statuses", "weights_fingerprint", "generated_tokens", "generate_seconds", "reward_seconds", "update_seconds", "noise_seconds", "completions", "sub_score_sums", "sub_score_counts")
+    class SubScoreSumsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class SubScoreCountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
@@ -324,6 +338,8 @@ class ReportResultRequest(_message.Message):
     UPDATE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     NOISE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
+    SUB_SCORE_SUMS_FIELD_NUMBER: _ClassVar[int]
+    SUB_SCORE_COUNTS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     lease_id: str
     generation: int
@@ -336,7 +352,9 @@ class ReportResultRequest(_message.Message):
     update_seconds: float
     noise_seconds: float
     completions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, worker_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., generation: _Optional[int] = ..., rewards: _Optional[_Iterable[float]] = ..., statuses: _Optional[_Iterable[_Union[_reward_pb2.ScoreStatus, str]]] = ..., weights_fingerprint: _Optional[str] = ..., generated_tokens: _Optional[int] = ..., generate_seconds: _Optional[float] = ..., reward_seconds: _Optional[float] = ..., update_seconds: _Optional[float] = ..., noise_seconds: _Optional[float] = ..., completions: _Optional[_Iterable[str]] = ...) -> None: ...
+    sub_score_sums: _containers.ScalarMap[str, float]
+    sub_score_counts: _containers.ScalarMap[str, int]
+    def __init__(self, worker_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., generation: _Optional[int] = ..., rewards: _Optional[_Iterable[float]] = ..., statuses: _Optional[_Iterable[_Union[_reward_pb2.ScoreStatus, str]]] = ..., weights_fingerprint: _Optional[str] = ..., generated_tokens: _Optional[int] = ..., generate_seconds: _Optional[float] = ..., reward_seconds: _Optional[float] = ..., update_seconds: _Optional[float] = ..., noise_seconds: _Optional[float] = ..., completions: _Optional[_Iterable[str]] = ..., sub_score_sums: _Optional[_Mapping[str, float]] = ..., sub_score_counts: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class ReportResultResponse(_message.Message):
     __slots__ = ("accepted", "reason", "resync")

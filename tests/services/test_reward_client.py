@@ -42,12 +42,12 @@ def test_replicas_share_the_work_and_a_dead_replica_costs_nothing():
     (a, count_a), (b, count_b) = start(), start()
     client = RewardClient([Endpoint([a.address, b.address])], timeout_seconds=5, retries=3, batch_size=2,
                           backoff_seconds=0.01)
-    rewards, statuses = client.score(SAMPLES)
+    rewards, statuses, _ = client.score(SAMPLES)
     assert rewards == [0, 0, 0, 1, 0, 0, 0, 0] and statuses == [pb.SCORE_STATUS_OK] * 8
     assert count_a.count == count_b.count == 4  # four calls of two, round robin
     a.stop(grace=0)
     for _ in range(3):  # every call that lands on the dead replica is retried on the live one
-        assert client.score(SAMPLES) == (rewards, statuses)
+        assert client.score(SAMPLES)[:2] == (rewards, statuses)
     assert count_b.count == 4 + 3 * 8
     b.stop(grace=0)
     with pytest.raises(grpc.RpcError) as err:
@@ -62,7 +62,7 @@ def test_services_are_weighted_and_a_failed_sample_keeps_its_status():
                            Endpoint([server.address], "length", 0.5)], batch_size=3)
     samples = [pb.Sample(completion="3", reference="3"), pb.Sample(completion="333", reference="3"),
                pb.Sample(completion="3", reference="")]  # first_integer: not applicable without a reference
-    rewards, statuses = client.score(samples)
+    rewards, statuses, _ = client.score(samples)
     assert rewards[:2] == [2.0 * 1 + 0.5 * 0, 2.0 * 0 + 0.5 * -2]
     assert statuses == [pb.SCORE_STATUS_OK, pb.SCORE_STATUS_OK, pb.SCORE_STATUS_NOT_APPLICABLE]
     assert rewards[2] == 0.0  # meaningless, and never mistaken for a score: the status says so
@@ -101,7 +101,7 @@ def test_junk_from_a_remote_service_becomes_failed_samples():
     reward_pb2_grpc.add_RewardServiceServicer_to_server(Misbehaving(), server.grpc)
     server.start()
     client = RewardClient([Endpoint([server.address])])
-    rewards, statuses = client.score(SAMPLES[:4])
+    rewards, statuses, _ = client.score(SAMPLES[:4])
     assert statuses == [pb.SCORE_STATUS_FAILED] * 3 + [pb.SCORE_STATUS_OK] and rewards[3] == 0.5
     client.close()
     server.stop()

@@ -17,7 +17,7 @@ def test_minimal_python_reward_service(tmp_path):
                              "--port-file", str(tmp_path / "port")])
     try:
         client = RewardClient([Endpoint([f"127.0.0.1:{wait_for_port(tmp_path / 'port', proc, 'example')}"])])
-        rewards, statuses = client.score([pb.Sample(completion=" 7 ", reference="7"),
+        rewards, statuses, _ = client.score([pb.Sample(completion=" 7 ", reference="7"),
                                           pb.Sample(completion="8", reference="7"), pb.Sample(completion="7")])
         assert rewards[:2] == [1.0, 0.0]
         assert statuses == [pb.SCORE_STATUS_OK, pb.SCORE_STATUS_OK, pb.SCORE_STATUS_NOT_APPLICABLE]

@@ -1,6 +1,8 @@
 """The reward service as a real gRPC server on loopback."""
 
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import pytest
@@ -167,3 +169,33 @@ def test_a_batch_of_the_slowest_samples_starves_neither_health_nor_sigterm(tmp_p
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_built_in_grader_that_runs_long_costs_one_sample_and_starves_nothing(tmp_path):
+    """Built-ins run in worker processes under a time limit per call (issue 24): a sample past it
+    is TIMED_OUT, the rest of its batch is scored, and health answers throughout. Real processes,
+    hosting a grader that sleeps on one completion (tests/slow_graders.py)."""
+    from reward_svc.isolation import IsolatedGrader
+
+    tests = Path(__file__).resolve().parents[1]
+    sleepy = IsolatedGrader("sleepy", ("calls",), factory="slow_graders:graders", path=str(tests), timeout_seconds=1.0)
+    server = reward_server("sleepy", graders={"sleepy": sleepy})
+    server.start()
+    try:
+        ch = channel(server.address)
+        samples = [pb.Sample(completion=c) for c in ("fast", "slow", "fast")]
+        with ThreadPoolExecutor(1) as pool:
+            scoring = pool.submit(reward_pb2_grpc.RewardServiceStub(ch).Score, pb.ScoreRequest(samples=samples),
+                                  timeout=60)
+            time.sleep(0.5)
+            started = time.monotonic()
+            status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1).status
+            answered = time.monotonic() - started
+            results = scoring.result().results
+    finally:
+        server.stop()
+        sleepy.close()
+    assert status == health_pb2.HealthCheckResponse.SERVING and answered < 1.0
+    assert [r.status for r in results] == [pb.SCORE_STATUS_OK, pb.SCORE_STATUS_TIMED_OUT, pb.SCORE_STATUS_OK]
+    assert "grader sleepy: no answer within 1 s" in results[1].error
+    assert results[0].sub_scores == {"calls": 1.0}  # sub-scores come back from the worker process

@@ -89,7 +89,7 @@ def test_watch_pause_crash_resume_and_restart_after_the_end(tiny_llama_dir, tmp_
 
     # Paused, killed and resumed, the run is the unpaused reference run, update for update.
     reference = run_reference(parse_config(_config(tiny_llama_dir, tmp_path / "reference")), tmp_path / "reference")
-    assert read_log(tmp_path / "run" / "updates.jsonl") == read_log(tmp_path / "reference" / "updates.jsonl")
+    assert (tmp_path / "run" / "updates.jsonl").read_bytes() == (tmp_path / "reference" / "updates.jsonl").read_bytes()
     assert client.status().weights_fingerprint == reference.weights_fingerprint
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
 
