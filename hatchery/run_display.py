@@ -55,6 +55,8 @@ class RunDisplay:
     def _evaluation(self, event: Event) -> str:
         e = event.evaluation
         line = f"held-out at generation {event.generation}: {e.mean:.3f} +- {e.stderr:.3f}"
+        if event.row.get("drift_kl") is not None:
+            line += f"   drift KL {event.row['drift_kl']:.4f}"
         if e.samples:
             s = e.samples[0]
             answer = " ".join(s.completion.split())[:60]

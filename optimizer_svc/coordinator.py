@@ -31,6 +31,7 @@ from hatchery.core.checkpoint import (
     write_checkpoint,
 )
 from hatchery.core.config import RunConfig
+from hatchery.core.drift import Drift, DriftMonitor
 from hatchery.core.failpoints import failpoint
 from hatchery.core.model import LoadedModel, fingerprint
 from hatchery.core.prompt_data import run_task
@@ -113,6 +114,10 @@ class Coordinator:
         self.worker_forget_seconds = 2 * cfg.train.lease_timeout_seconds
         self.fingerprint_mismatches = 0
         self.control = RunControl.load(run_dir)
+        # made from the weights as they are now, before any update, or read back from the run dir
+        self.drift = (DriftMonitor.open(run_dir, lm, cfg.train.drift_probe, at_start=not self.log.records)
+                      if cfg.train.drift else None)
+        self._drift: tuple[threading.Thread, list[Drift]] | None = None  # the measurement under way
         self._paused_since = self.clock() if self.control.paused else None
         # training_done: no more updates; only the final held-out evaluation remains
         self.training_done = self._training_over()
@@ -182,6 +187,7 @@ class Coordinator:
         if self.generation % self.cfg.train.eval_every == 0 or self.training_done:
             self.leases.queue(self._new_lease(pb.LEASE_KIND_EVAL, prompts=_proto_prompts(self.task.heldout),
                                               return_completions=HELDOUT_SAMPLES))
+            self._start_drift()
         else:
             self._queue_training()
 
@@ -293,13 +299,35 @@ class Coordinator:
                 return pb.ReportResultResponse(accepted=False, reason=f"the run failed: {self.failure}")
             return pb.ReportResultResponse(accepted=True)
 
+    def _start_drift(self) -> None:
+        """Measures drift while the workers run the held-out evaluation: the weights do not move
+        until it is in. It is evaluation time, off the training clock."""
+        if self.drift is None:
+            return
+        result: list[Drift] = []
+        thread = threading.Thread(target=lambda: result.append(self.drift.measure(self.lm)), name="drift",
+                                  daemon=True)
+        thread.start()
+        self._drift = (thread, result)
+
+    def _drift_measured(self) -> Drift | None:
+        if self._drift is None:
+            return None
+        thread, result = self._drift
+        thread.join()
+        self._drift = None
+        return result[0] if result else None
+
     def _close_evaluation(self, rewards: np.ndarray, completions: list[str]) -> None:
-        """Records the held-out reward (NaN where not scored OK), then starts the training clock of
-        the generation; or ends the run, when this was its final evaluation or a stop was asked for."""
+        """Records the held-out reward (NaN where not scored OK) and the drift, then starts the
+        training clock of the generation; or ends the run, when this was its final evaluation or
+        a stop was asked for."""
         samples = tuple({"prompt": p.text, "reference": p.reference, "completion": text[:MAX_COMPLETION_CHARS],
                          "reward": float(r) if np.isfinite(r) else None}
                         for p, text, r in zip(self.task.heldout, completions, rewards))
-        self.current.heldout = HeldOut.of(rewards[np.isfinite(rewards)], self.clock() - self.current.started, samples)
+        drift = self._drift_measured()
+        self.current.heldout = HeldOut.of(rewards[np.isfinite(rewards)], self.clock() - self.current.started, samples,
+                                          drift)
         self.current.started = self.clock()
         if self.control.stop_requested:
             self.training_done = True  # the weights just evaluated are the run's last

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hatchery.core.drift import Drift
 from hatchery.core.run_metrics import OPTIMIZER_TIME_SPLIT, WORKER_TIME_SPLIT, GenerationStats
 
 
@@ -23,12 +24,14 @@ class HeldOut:
     stderr: float  # its standard error; NaN with fewer than two samples
     seconds: float  # wall time, kept off the training clock
     samples: tuple[dict, ...] = ()  # the first prompts with their completions, for watchers
+    drift: Drift | None = None  # from the start model, on general text; None when not measured
 
     @classmethod
-    def of(cls, scored: np.ndarray, seconds: float, samples: tuple[dict, ...] = ()) -> HeldOut:
+    def of(cls, scored: np.ndarray, seconds: float, samples: tuple[dict, ...] = (),
+           drift: Drift | None = None) -> HeldOut:
         n = len(scored)
         return cls(float(scored.mean()) if n else math.nan,
-                   float(scored.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan, seconds, samples)
+                   float(scored.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan, seconds, samples, drift)
 
 
 @dataclass
@@ -93,4 +96,5 @@ class Generation:
         return GenerationStats(self.number, mean, best, std, h.reward if h else None, now - self.started, self.tokens,
                                norm, spread, failed, split, h.stderr if h else None, h.seconds if h else 0.0,
                                self.prompt_indices, spread_prompts, list(h.samples) if h else [],
-                               {name: total / count for name, (total, count) in sorted(self.parts.items()) if count})
+                               {name: total / count for name, (total, count) in sorted(self.parts.items()) if count},
+                               h.drift.kl if h and h.drift else None, h.drift.loglik if h and h.drift else None)

@@ -45,6 +45,9 @@ def scalars(stats: GenerationStats) -> dict[str, float]:
         out["heldout/reward"] = stats.heldout_reward
         if stats.heldout_stderr is not None:
             out["heldout/stderr"] = stats.heldout_stderr
+    if stats.drift_kl is not None:
+        out["drift/kl"] = stats.drift_kl
+        out["drift/probe_loglik"] = stats.probe_loglik
     return {k: float(v) for k, v in out.items() if v is not None and v == v}  # NaN: nothing to plot
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from hatchery.core.drift import read_probe_texts
 from hatchery.core.grader_specs import BUILTIN_NAMES, parse_specs
 from hatchery.core.model import DTYPES, EMBEDDED, check_temperature, is_hub_snapshot, resolve_model
 from hatchery.core.prompt_schedule import SELECTIONS
@@ -83,6 +84,8 @@ class TrainConfig:
     lease_timeout_seconds: float = 600.0
     checkpoint_every: int = 10  # a checkpoint every this many generations; 0: none (resume replays the whole log)
     checkpoints_kept: int = 2
+    drift: bool = True  # at each held-out evaluation, KL from the start model on general text (hatchery.core.drift)
+    drift_probe: str = ""  # that text: a .jsonl of {"text"} rows or one passage per line; empty: built in
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     check(tr.lease_timeout_seconds > 0, "train.lease_timeout_seconds", "must be > 0", tr.lease_timeout_seconds)
     check(tr.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0", tr.checkpoint_every)
     check(tr.checkpoints_kept >= 1, "train.checkpoints_kept", "must be >= 1", tr.checkpoints_kept)
+    if tr.drift_probe:
+        try:
+            texts = read_probe_texts(Path(tr.drift_probe))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"train.drift_probe: cannot read {tr.drift_probe}: {err}") from None
+        check(bool(texts), "train.drift_probe", "holds no text", tr.drift_probe)
     _validate_reward(cfg)
     _validate_tracking(cfg.tracking)
     return cfg

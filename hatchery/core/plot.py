@@ -26,14 +26,27 @@ def _save_reward_axes(fig, ax, out: Path, xlabel: str, ylabel: str, title: str) 
 
 
 def plot_rewards(metrics_path: Path, out: Path, title: str = "") -> None:
+    """Training and held-out reward (with standard errors) by generation and, where the run
+    measured it, the drift from the start model beside it."""
     rows = metrics_rows(metrics_path)
     train = [(r["generation"], r["reward_mean"]) for r in training_rows(rows)]
-    heldout = [(r["generation"], r["heldout_reward"]) for r in rows if r["heldout_reward"] is not None]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    heldout = [(r["generation"], r["heldout_reward"], r.get("heldout_stderr") or 0.0)
+               for r in rows if r["heldout_reward"] is not None]
+    drift = [(r["generation"], r["drift_kl"]) for r in rows if r.get("drift_kl") is not None]
+    fig, axes = plt.subplots(1, 2 if drift else 1, figsize=(11 if drift else 7, 4), squeeze=False)
+    ax = axes[0][0]
     if train:
         ax.plot(*zip(*train), label="train reward (population mean)", alpha=0.7)
     if heldout:
-        ax.plot(*zip(*heldout), "o-", label="held-out reward (unperturbed)")
+        xs, ys, errors = zip(*heldout)
+        ax.errorbar(xs, ys, yerr=errors, fmt="o-", capsize=2, markersize=3, label="held-out reward (unperturbed)")
+    if drift:
+        right = axes[0][1]
+        right.plot(*zip(*drift), "o-", color="tab:red", markersize=3)
+        right.set_xlabel("generation")
+        right.set_ylabel("KL(current || start) per token")
+        right.set_title("drift from the start model, on general text")
+        right.grid(alpha=0.3)
     _save_reward_axes(fig, ax, out, "generation", "reward", title)
 
 

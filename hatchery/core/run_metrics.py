@@ -47,6 +47,8 @@ class GenerationStats:
     # completion, reward (None when not scored OK).
     heldout_samples: list[dict] = field(default_factory=list)
     sub_scores: dict[str, float] = field(default_factory=dict)  # the graders' sub-scores, mean over samples scored OK
+    drift_kl: float | None = None  # at a held-out evaluation: KL(current || start) per token of general text
+    probe_loglik: float | None = None  # and that text's mean log-likelihood per token (hatchery.core.drift)
 
     @property
     def trained(self) -> bool:

@@ -131,6 +131,12 @@ class RunCollector(Collector):
         if evaluated:
             yield GaugeMetricFamily("hatchery_heldout_reward", "Mean reward on the held-out prompts, last evaluation",
                                     value=evaluated[-1])
+        drifted = [s for s in c.history if s.drift_kl is not None]
+        if drifted:
+            yield GaugeMetricFamily("hatchery_drift_kl", "KL(current || start model) per token of general text, "
+                                    "last evaluation", value=drifted[-1].drift_kl)
+            yield GaugeMetricFamily("hatchery_probe_loglik", "Mean log-likelihood per token of that text, "
+                                    "last evaluation", value=drifted[-1].probe_loglik)
 
 
 def watch_run(coordinator) -> None:

@@ -381,6 +381,8 @@ def test_watchers_see_every_generation_once_in_order_and_the_end(optimizer):
         assert [struct_values(e.row) for e in events[:3]] == rows and not events[3].HasField("row")
         assert events[-1].state == pb.RUN_STATE_FINISHED
     assert [e.HasField("evaluation") for e in whole[:3]] == [True, False, True]  # at 0 and the final one
+    assert rows[0]["drift_kl"] < 1e-3 and rows[2]["drift_kl"] is not None  # the start model; the final one
+    assert rows[1]["drift_kl"] is None  # measured with the held-out evaluations only
     samples = whole[0].evaluation.samples
     assert [(s.prompt, s.reference, s.completion, s.reward) for s in samples] == [
         (p.text, p.reference, f"answer {i}", 0.0) for i, p in enumerate(coordinator.task.heldout[:4])]

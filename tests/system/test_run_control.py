@@ -82,6 +82,8 @@ def test_watch_pause_crash_resume_and_restart_after_the_end(tiny_llama_dir, tmp_
     # Every generation once, in order, across the pause and the crash; then the end.
     assert [e.generation for e in watched] == [*range(GENERATIONS + 1), GENERATIONS]
     assert watched[-1].state == "finished" and watched[GENERATIONS].row["final"]
+    # drift from the start model, at each held-out evaluation: none at the start, some once trained
+    assert watched[0].row["drift_kl"] < 1e-3 < watched[GENERATIONS].row["drift_kl"]
     evaluated = [e for e in watched if e.evaluation is not None]
     assert [e.generation for e in evaluated] == [0, 3, 6, GENERATIONS]
     sample = evaluated[-1].evaluation.samples[0]
