@@ -1,11 +1,11 @@
 """How far a run has moved the model away from what it knew: drift on text that is not the task.
 
-A probe set of general text is fixed when a run starts: by default the start model's own
-greedy continuations of a few generic openings (so the start model finds it likely), or a
-file of the user's. The start model's next-token distributions over it are stored in the
-run dir once. At every held-out evaluation the current model is measured against them:
-the mean KL divergence KL(current || start) per probe token, and the probe's mean
-log-likelihood per token under the current model. Both are exact (whole vocabularies).
+A probe set of general text is fixed when a run starts: eight short passages that ship
+with Hatchery (PASSAGES), or a file of the user's. The start model's next-token
+distributions over it are stored in the run dir once. At every held-out evaluation the
+current model is measured against them: the mean KL divergence KL(current || start) per
+probe token, and the probe's mean log-likelihood per token under the current model. Both
+are exact (whole vocabularies).
 """
 
 from __future__ import annotations
@@ -22,18 +22,25 @@ from hatchery.core.run_files import writing
 
 PROBE_FILE = "drift-probe.json"
 REFERENCE_FILE = "drift-reference.safetensors"
-CONTINUATION_TOKENS = 32
-MAX_PROBE_TOKENS = 256  # of each sequence of a user's probe file
-# Openings of general text, far from any task's prompts; the start model continues each.
-OPENINGS = (
-    "The history of the printing press begins",
-    "To bake a simple loaf of bread, you need",
-    "The main causes of the seasons on Earth are",
-    "In a small village by the sea, an old fisherman",
-    "Photosynthesis is the process by which plants",
-    "The rules of chess say that a pawn",
-    "A good way to learn a new language is to",
-    "The city council met on Tuesday to discuss",
+MAX_PROBE_TOKENS = 256  # of each passage
+# General text, far from any task's prompts: what a model should still predict as well after a run.
+PASSAGES = (
+    "The printing press, developed in Europe in the fifteenth century, made books cheaper and faster to "
+    "produce. Within a few decades printed pamphlets, bibles and grammars travelled across the continent.",
+    "To bake a simple loaf of bread, mix flour, water, salt and yeast into a dough, knead it until it is "
+    "smooth, let it rise for an hour, shape it, and bake it in a hot oven until the crust is brown.",
+    "The seasons are caused by the tilt of the Earth's axis. When the northern hemisphere leans toward the "
+    "Sun, its days are longer and its sunlight more direct, and it has summer.",
+    "In a small village by the sea, an old fisherman mended his nets every morning. The children would sit "
+    "on the harbour wall and listen to his stories about storms and distant islands.",
+    "Photosynthesis is the process by which plants use sunlight, water and carbon dioxide to make sugar. "
+    "Oxygen is released as a by-product, which is why forests matter for the air we breathe.",
+    "In chess, a pawn moves forward one square, or two squares on its first move, and captures diagonally. "
+    "A pawn that reaches the far side of the board is promoted, usually to a queen.",
+    "A good way to learn a new language is to practise a little every day: read short texts, listen to "
+    "native speakers, and try to speak, even when you make mistakes.",
+    "The city council met on Tuesday to discuss the new budget. Members argued about road repairs, the "
+    "library's opening hours and whether to build another bus line to the hospital.",
 )
 
 
@@ -59,24 +66,8 @@ class Drift:
     loglik: float  # mean log-likelihood per probe token under the current model, in nats
 
 
-@torch.no_grad()
-def continuation_probe(lm: LoadedModel, openings: tuple[str, ...] = OPENINGS,
-                       new_tokens: int = CONTINUATION_TOKENS) -> Probe:
-    """Each opening and the model's greedy continuation of it; the continuation is scored."""
-    tok, model = lm.tokenizer, lm.model
-    sequences, starts = [], []
-    for text in openings:  # one at a time: no padding, nothing to mask
-        ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]], device=model.device)
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                             min_new_tokens=new_tokens, do_sample=False,
-                             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-        sequences.append(out[0].tolist())
-        starts.append(ids.shape[1])
-    return Probe(sequences, starts)
-
-
 def text_probe(lm: LoadedModel, texts: list[str]) -> Probe:
-    """A user's texts, every token after the first scored (at most MAX_PROBE_TOKENS each)."""
+    """Passages, every token after the first scored (at most MAX_PROBE_TOKENS each)."""
     sequences = [lm.tokenizer(t, add_special_tokens=False)["input_ids"][:MAX_PROBE_TOKENS] for t in texts]
     kept = [s for s in sequences if len(s) >= 2]
     if not kept:
@@ -94,13 +85,16 @@ def read_probe_texts(path: Path) -> list[str]:
 
 @torch.no_grad()
 def _log_probs(lm: LoadedModel, probe: Probe) -> list[torch.Tensor]:
-    """Per sequence: log-probabilities of the next token at each scored position (positions x vocab)."""
-    out = []
-    for seq, start in zip(probe.sequences, probe.scored_from):
-        ids = torch.tensor([seq], device=lm.model.device)
-        logits = lm.model(input_ids=ids).logits[0, start - 1:-1].float()
-        out.append(torch.log_softmax(logits, dim=-1).cpu())
-    return out
+    """Per sequence: log-probabilities of the next token at each scored position (positions x vocab),
+    from one forward over the probe, right-padded (padding after a token cannot change it)."""
+    longest = max(len(s) for s in probe.sequences)
+    ids = torch.zeros(len(probe.sequences), longest, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(probe.sequences):
+        ids[row, :len(seq)], mask[row, :len(seq)] = torch.tensor(seq), 1
+    logits = lm.model(input_ids=ids.to(lm.model.device), attention_mask=mask.to(lm.model.device)).logits
+    return [torch.log_softmax(logits[row, start - 1:len(seq) - 1].float(), dim=-1).cpu()
+            for row, (seq, start) in enumerate(zip(probe.sequences, probe.scored_from))]
 
 
 def reference(lm: LoadedModel, probe: Probe) -> list[torch.Tensor]:
@@ -134,7 +128,7 @@ class DriftMonitor:
             return cls(Probe.from_json(probe_path.read_text()), [tensors[str(i)] for i in range(len(tensors))])
         if not at_start:
             return None
-        probe = text_probe(lm, read_probe_texts(Path(probe_file))) if probe_file else continuation_probe(lm)
+        probe = text_probe(lm, read_probe_texts(Path(probe_file)) if probe_file else list(PASSAGES))
         start = reference(lm, probe)
         with writing(reference_path):
             save_file({str(i): t.contiguous() for i, t in enumerate(start)}, str(reference_path))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hatchery.core.config import ConfigError, parse_config
-from hatchery.core.drift import DriftMonitor, continuation_probe, measure, reference, text_probe
+from hatchery.core.drift import PASSAGES, DriftMonitor, measure, reference, text_probe
 from hatchery.core.model import load_model
 
 
@@ -31,8 +31,8 @@ def _explicit(lm, probe, start):
 
 
 def test_the_start_model_has_no_drift_and_a_perturbed_one_drifts_as_the_formula_says(lm):
-    probe = continuation_probe(lm, ("The weather today", "Once upon a time"), new_tokens=6)
-    assert [len(s) - f for s, f in zip(probe.sequences, probe.scored_from)] == [6, 6]  # the continuations
+    probe = text_probe(lm, list(PASSAGES[:2]))
+    assert probe.scored_from == [1, 1]  # every token after the first
     start = reference(lm, probe)
     at_start = measure(lm, probe, start)
     assert at_start.kl < 1e-3  # only the float16 rounding of the stored distributions
