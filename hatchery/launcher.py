@@ -158,8 +158,12 @@ def run_local(cfg: RunConfig, resume: bool = False, device: str = "auto") -> int
         procs["optimizer"] = spawn_service(["optimizer", *run_args, *common, "--port-file", str(ports / "optimizer")],
                                            run_dir / "optimizer.log" if live else None, errors_here=True)
         watch.start()
-        reward_port = wait_for_port(ports / "reward", procs["reward"], "reward")
-        optimizer_port = wait_for_port(ports / "optimizer", procs["optimizer"], "optimizer")
+        try:
+            reward_port = wait_for_port(ports / "reward", procs["reward"], "reward")
+            optimizer_port = wait_for_port(ports / "optimizer", procs["optimizer"], "optimizer")
+        except (RuntimeError, TimeoutError) as err:  # the service has said why, above
+            print(f"hatchery: {err}", file=sys.stderr, flush=True)
+            return 1
         if live:
             threading.Thread(target=_show_progress, args=(f"{HOST}:{optimizer_port}",), daemon=True).start()
         procs["inference"] = spawn_service(["inference", *common, "--port-file", str(ports / "inference"),

@@ -288,11 +288,12 @@ def test_a_failed_write_stops_the_run_and_resume_ends_identical(point, path, tin
 
 
 def test_a_disk_filled_to_the_brim_stops_the_run_and_resume_ends_identical(tiny_llama_dir, tmp_path, uninterrupted):
-    """A real filesystem that fills up mid-run: a tmpfs with room for one checkpoint and a half."""
+    """A real filesystem that fills up mid-run: a tmpfs with room for what a run writes when it
+    starts (the drift probe's reference distributions) and one checkpoint and a half."""
     disk = tmp_path / "disk"
     disk.mkdir()
     checkpoint = max(p.stat().st_size for p in (uninterrupted / "checkpoints").iterdir())
-    size = int(checkpoint * 1.5)
+    size = int(checkpoint * 1.5) + (uninterrupted / "drift-reference.safetensors").stat().st_size
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True,
                              text=True, check=False)
     if mounted.returncode != 0:
@@ -303,6 +304,7 @@ def test_a_disk_filled_to_the_brim_stops_the_run_and_resume_ends_identical(tiny_
         failed = _hatchery(["run", str(config_path)])
         assert failed.returncode == 1, failed.stdout + failed.stderr
         assert re.search(rf"cannot write {re.escape(str(run_dir))}/\S+: .*No space left on device", failed.stderr)
+        assert len(read_log(run_dir / "updates.jsonl")) >= 1  # it filled up mid-run, not at the start
         assert "Traceback" not in failed.stderr
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)  # space is back
         resumed = _hatchery(["run", "--resume", str(run_dir)])
