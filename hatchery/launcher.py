@@ -161,8 +161,8 @@ def run_local(cfg: RunConfig, resume: bool = False, device: str = "auto") -> int
         try:
             reward_port = wait_for_port(ports / "reward", procs["reward"], "reward")
             optimizer_port = wait_for_port(ports / "optimizer", procs["optimizer"], "optimizer")
-        except (RuntimeError, TimeoutError) as err:  # the service has said why, above
-            print(f"hatchery: {err}", file=sys.stderr, flush=True)
+        except (RuntimeError, TimeoutError) as err:  # the service has said why, in its log or above
+            print(f"hatchery: {err} (the services' logs are in {run_dir})", file=sys.stderr, flush=True)
             return 1
         if live:
             threading.Thread(target=_show_progress, args=(f"{HOST}:{optimizer_port}",), daemon=True).start()

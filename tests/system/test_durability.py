@@ -312,3 +312,19 @@ def test_a_disk_filled_to_the_brim_stops_the_run_and_resume_ends_identical(tiny_
         _assert_same_run(run_dir, uninterrupted)
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_service_that_exits_before_it_starts_ends_the_run_in_one_line(tiny_llama_dir, tmp_path):
+    """A plug-in that cannot load stops the reward service before it serves: `hatchery run` says
+    so and exits 1 without a traceback of its own."""
+    config = _config(tiny_llama_dir, tmp_path / "run")
+    config["reward"] = {"graders": {"broken": {"type": "python", "function": "no_such_module:score"}}}
+    config["grader"] = "broken"
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    done = _hatchery(["run", str(config_path)], timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert re.search(r"hatchery: the reward service exited with code \d+ before it started \(the services' logs "
+                     rf"are in {re.escape(str(tmp_path / 'run'))}\)", done.stderr), done.stderr
+    assert "no_such_module" in (tmp_path / "run" / "reward.log").read_text()  # why, in the service's own log
+    assert "Traceback" not in done.stderr
