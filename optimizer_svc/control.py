@@ -4,11 +4,10 @@ optimizer restarted mid-run (a rescheduled pod) still honours it."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from hatchery.core.run_files import writing
+from hatchery.core.run_files import replace_text
 
 CONTROL_FILE = "control.json"
 
@@ -25,7 +24,4 @@ class RunControl:
 
     def save(self, run_dir: Path) -> None:
         """Written whole or not at all: a crash leaves the previous request in force."""
-        path, tmp = run_dir / CONTROL_FILE, run_dir / f".{CONTROL_FILE}.tmp"
-        with writing(path):
-            tmp.write_text(json.dumps(asdict(self)) + "\n")
-            os.replace(tmp, path)
+        replace_text(run_dir / CONTROL_FILE, json.dumps(asdict(self)) + "\n")

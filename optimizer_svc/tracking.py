@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from hatchery.core.config import RunConfig, trackers
+from hatchery.core.run_files import replace_text
 from hatchery.core.run_metrics import GenerationStats
 
 log = logging.getLogger("hatchery.tracking")
@@ -74,9 +75,7 @@ class _Record:
     def id(self, tracker: str, new: Callable[[], str]) -> str:
         if tracker not in self.ids:
             self.ids[tracker] = new()
-            tmp = self.path.with_name(f".{RECORD}.tmp")
-            tmp.write_text(json.dumps(self.ids, indent=2) + "\n")
-            tmp.replace(self.path)
+            replace_text(self.path, json.dumps(self.ids, indent=2) + "\n")
         return self.ids[tracker]
 
 

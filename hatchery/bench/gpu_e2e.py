@@ -26,9 +26,9 @@ import yaml
 from google.protobuf import json_format
 
 from hatchery.bench.throughput import QWEN_SHAPES, qwen_shape, run_bench, tiny_model
+from hatchery.client import RunClient
 from hatchery.core.model import EMBEDDED, load_tokenizer, resolve_model
 from hatchery.core.run_metrics import metrics_rows
-from hatchery.v1 import optimizer_pb2, optimizer_pb2_grpc
 
 
 def save_model(shape: str, folder: Path, tokenizer: str | None) -> Path:
@@ -44,12 +44,11 @@ def _status(port_file: Path) -> dict | None:
     """The optimizer's GetStatus as a dict; None while it is not up."""
     if not port_file.is_file() or not port_file.read_text().strip():
         return None
-    with grpc.insecure_channel(f"127.0.0.1:{port_file.read_text().strip()}") as channel:
-        try:
-            reply = optimizer_pb2_grpc.OptimizerServiceStub(channel).GetStatus(optimizer_pb2.GetStatusRequest(),
-                                                                              timeout=5)
-        except grpc.RpcError:
-            return None
+    try:
+        with RunClient(f"127.0.0.1:{port_file.read_text().strip()}", token="", timeout=5) as run:
+            reply = run.status()
+    except grpc.RpcError:
+        return None
     return json_format.MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
 

@@ -8,6 +8,7 @@ optimizer can stop with a message a user can act on instead of a stack trace in 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,3 +28,11 @@ def writing(path: Path) -> Iterator[None]:
     except (OSError, SafetensorError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise RunFilesError(f"cannot write {path}: {reason}") from err
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Writes `path` whole or not at all (a temporary file renamed over it): a crash leaves the old one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with writing(path):
+        tmp.write_text(text)
+        os.replace(tmp, path)

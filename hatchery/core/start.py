@@ -20,6 +20,7 @@ from pathlib import Path
 from hatchery.core.config import RunConfig
 from hatchery.core.model import is_hub_snapshot, load_model, merge_adapter, resolve_model
 from hatchery.core.prompt_data import data_files
+from hatchery.core.run_files import replace_text
 from hatchery.core.schema import ConfigError
 
 START_RECORD = "start.json"
@@ -146,9 +147,7 @@ def prepare_start(cfg: RunConfig, run_dir: Path) -> StartPoint:
     record["model"] = {"path": str(path.resolve()), "sha256": folder_sha256(files)}
     if recorded is None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / f".{START_RECORD}.tmp"
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, run_dir / START_RECORD)
+        replace_text(run_dir / START_RECORD, json.dumps(record, indent=2) + "\n")
     elif recorded["model"]["sha256"] != record["model"]["sha256"]:
         raise ConfigError(f"model: {path} no longer holds the model this run started from")
     return StartPoint(path, files, record)
