@@ -3,9 +3,11 @@
 Each variant is a list of runs (one per seed): Hatchery run dirs, or the JSON lines of
 `hatchery bench-grpo`, so a GRPO baseline sits in the same table and plot. Per run: its
 seed, the held-out curve against training time (evaluations off the clock), the last
-held-out reward with its standard error; for ES runs also generations, seconds per
-generation and how many generations carried signal (some prompt's rewards differed
-across members). Per variant: the mean of the last held-out reward over its seeds.
+held-out reward with its standard error, and where the run measured it the drift from the
+start model beside it (KL per probe token and the probe's log-likelihood, hatchery.core.drift);
+for ES runs also generations, seconds per generation and how many generations carried
+signal (some prompt's rewards differed across members). Per variant: the means of the
+last held-out reward and the last drift over its seeds.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from hatchery.core.plot import plot_heldout_against_time
-from hatchery.core.run_metrics import heldout_curve, metrics_rows, training_rows
+from hatchery.core.run_metrics import drift_curve, heldout_curve, metrics_rows, training_rows
 
 
 def run_summary(run: Path) -> dict:
@@ -28,9 +30,10 @@ def grpo_summary(path: Path) -> dict:
     if not rows:
         raise ValueError(f"{path} holds no held-out evaluation")
     curve = [(r["seconds"], r["heldout_reward"], r["stderr"]) for r in rows]
+    drift = [(r["seconds"], r["drift_kl"], r["probe_loglik"]) for r in rows if r.get("drift_kl") is not None]
     return {"run_dir": str(path), "seed": rows[0].get("seed"), "steps": rows[-1]["step"],
             "training_seconds": curve[-1][0], "heldout_start": curve[0][1], "heldout_end": curve[-1][1],
-            "heldout_end_stderr": curve[-1][2], "curve": [list(p) for p in curve]}
+            "heldout_end_stderr": curve[-1][2], "curve": [list(p) for p in curve], **_drift_summary(drift)}
 
 
 def es_summary(run_dir: Path) -> dict:
@@ -46,7 +49,16 @@ def es_summary(run_dir: Path) -> dict:
             "generations_with_signal": sum(r["prompts_with_spread"] > 0 for r in train),
             "prompts_with_spread": statistics.fmean(r["prompts_with_spread"] for r in train),
             "heldout_start": curve[0][1], "heldout_end": curve[-1][1], "heldout_end_stderr": curve[-1][2],
-            "curve": [list(p) for p in curve]}
+            "curve": [list(p) for p in curve], **_drift_summary(drift_curve(rows))}
+
+
+def _drift_summary(curve: list[tuple[float, float, float]]) -> dict:
+    """The last drift and the probe's log-likelihood at the start and the end; {} for a run
+    that did not measure drift."""
+    if not curve:
+        return {}
+    return {"drift_kl_end": curve[-1][1], "probe_loglik_start": curve[0][2], "probe_loglik_end": curve[-1][2],
+            "drift_curve": [list(p) for p in curve]}
 
 
 def parse_variants(specs: list[str]) -> dict[str, list[Path]]:
@@ -65,10 +77,13 @@ def ablation(variants: dict[str, list[Path]]) -> dict:
     for name, run_dirs in variants.items():
         runs = [run_summary(d) for d in run_dirs]
         report[name] = {"heldout_end_mean": statistics.fmean(r["heldout_end"] for r in runs), "runs": runs}
+        if all("drift_kl_end" in r for r in runs):
+            report[name]["drift_kl_end_mean"] = statistics.fmean(r["drift_kl_end"] for r in runs)
     return report
 
 
 def plot_ablation(report: dict, out: Path, title: str = "") -> None:
-    curves = {f"{name}, seed {r['seed']}": [tuple(p) for p in r["curve"]]
-              for name, variant in report.items() for r in variant["runs"]}
-    plot_heldout_against_time(curves, out, title)
+    runs = {f"{name}, seed {r['seed']}": r for name, variant in report.items() for r in variant["runs"]}
+    plot_heldout_against_time({label: [tuple(p) for p in r["curve"]] for label, r in runs.items()}, out, title,
+                              drift={label: [tuple(p[:2]) for p in r.get("drift_curve", [])]
+                                     for label, r in runs.items()})

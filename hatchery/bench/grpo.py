@@ -5,8 +5,10 @@ rewarded by the same built-in grader, and is evaluated on the same held-out prom
 the way a Hatchery run evaluates (greedy, one batch, the task's token limit, the
 chat template). The clock counts training time only: held-out evaluations are
 paused out of it, and training stops once `budget_seconds` of it have passed.
-Each evaluation is one JSON line: step, seconds, seed, heldout_reward, stderr (`hatchery
-ablation` reads these files as runs).
+Each evaluation is one JSON line: step, seconds, seed, heldout_reward, stderr, and the drift
+from the start model that a Hatchery run measures (drift_kl, probe_loglik, on the same
+built-in probe: hatchery.core.drift), so the two compare on both axes (`hatchery ablation`
+reads these files as runs).
 
 TRL is an optional dependency: pip install 'hatchery[grpo]'.
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
 
+from hatchery.core.drift import PASSAGES, DriftMonitor
 from hatchery.core.model import EMBEDDED, LoadedModel, generate, load_tokenizer, resolve_model
 from hatchery.core.stop_rules import stop_rule
 from hatchery.core.tasks import Task, TaskPrompt, load_task
@@ -47,6 +50,7 @@ class HeldoutClock(TrainerCallback):
         self.budget_seconds, self.every = budget_seconds, every
         self.train_seconds = 0.0
         self.since = 0.0  # set when the step-0 evaluation ends
+        self.drift: DriftMonitor | None = None  # the start model's distributions, taken at step 0
 
     def evaluate(self, model, step: int) -> dict:
         """Logs the held-out reward; the clock runs from the last evaluation's end to now."""
@@ -54,15 +58,20 @@ class HeldoutClock(TrainerCallback):
             self.train_seconds += time.perf_counter() - self.since
         was_training = model.training
         model.eval()
+        lm = LoadedModel(model, self.tokenizer)
         prompts = self.task.heldout
-        texts = generate(LoadedModel(model, self.tokenizer), [p.text for p in prompts], self.task.max_new_tokens,
+        texts = generate(lm, [p.text for p in prompts], self.task.max_new_tokens,
                          settled=stop_rule(self.task.stop_rule)).texts
+        if self.drift is None:
+            self.drift = DriftMonitor.of_start(lm, list(PASSAGES))
+        drift = self.drift.measure(lm)
         model.train(was_training)
         row = {"step": step, "seconds": self.train_seconds, "seed": self.seed,
-               **summary(*_scores(self.grader, prompts, texts))}
+               **summary(*_scores(self.grader, prompts, texts)), "drift_kl": drift.kl, "probe_loglik": drift.loglik}
         with open(self.out, "a") as f:
             f.write(json.dumps(row) + "\n")
-        print(f"step {step:>4}  {self.train_seconds:7.1f} s  held-out {row['heldout_reward']:.3f}", flush=True)
+        print(f"step {step:>4}  {self.train_seconds:7.1f} s  held-out {row['heldout_reward']:.3f}  "
+              f"drift {drift.kl:.4f}", flush=True)
         self.since = time.perf_counter()
         return row
 

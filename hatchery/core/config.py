@@ -180,6 +180,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     check(0 <= es.adam_beta2 < 1, "es.adam_beta2", "must be in [0, 1)", es.adam_beta2)
     check(es.adam_eps > 0, "es.adam_eps", "must be > 0", es.adam_eps)
     check(es.weight_decay >= 0, "es.weight_decay", "must be >= 0", es.weight_decay)
+    check(0 <= es.anchor_decay * es.lr <= 1, "es.anchor_decay",
+          f"must be >= 0 and at most 1 / lr = {1 / es.lr:g}: each step moves the weights lr * anchor_decay of "
+          "the way back to the start weights", es.anchor_decay)
     for key in ("target_modules", "exclude_modules"):
         for pattern in getattr(es, key):
             try:

@@ -128,13 +128,18 @@ class DriftMonitor:
             return cls(Probe.from_json(probe_path.read_text()), [tensors[str(i)] for i in range(len(tensors))])
         if not at_start:
             return None
-        probe = text_probe(lm, read_probe_texts(Path(probe_file)) if probe_file else list(PASSAGES))
-        start = reference(lm, probe)
+        monitor = cls.of_start(lm, read_probe_texts(Path(probe_file)) if probe_file else list(PASSAGES))
         with writing(reference_path):
-            save_file({str(i): t.contiguous() for i, t in enumerate(start)}, str(reference_path))
+            save_file({str(i): t.contiguous() for i, t in enumerate(monitor.start)}, str(reference_path))
         with writing(probe_path):
-            probe_path.write_text(probe.to_json())
-        return cls(probe, start)
+            probe_path.write_text(monitor.probe.to_json())
+        return monitor
+
+    @classmethod
+    def of_start(cls, lm: LoadedModel, texts: list[str]) -> DriftMonitor:
+        """A monitor of `texts` against `lm` as it is now, the start model; kept in memory only."""
+        probe = text_probe(lm, texts)
+        return cls(probe, reference(lm, probe))
 
     def measure(self, lm: LoadedModel) -> Drift:
         return measure(lm, self.probe, self.start)

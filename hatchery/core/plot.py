@@ -25,6 +25,13 @@ def _save_reward_axes(fig, ax, out: Path, xlabel: str, ylabel: str, title: str) 
     plt.close(fig)
 
 
+def _label_drift_axes(ax, xlabel: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("KL(current || start) per token")
+    ax.set_title("drift from the start model, on general text")
+    ax.grid(alpha=0.3)
+
+
 def plot_rewards(metrics_path: Path, out: Path, title: str = "") -> None:
     """Training and held-out reward (with standard errors) by generation and, where the run
     measured it, the drift from the start model beside it."""
@@ -41,21 +48,26 @@ def plot_rewards(metrics_path: Path, out: Path, title: str = "") -> None:
         xs, ys, errors = zip(*heldout)
         ax.errorbar(xs, ys, yerr=errors, fmt="o-", capsize=2, markersize=3, label="held-out reward (unperturbed)")
     if drift:
-        right = axes[0][1]
-        right.plot(*zip(*drift), "o-", color="tab:red", markersize=3)
-        right.set_xlabel("generation")
-        right.set_ylabel("KL(current || start) per token")
-        right.set_title("drift from the start model, on general text")
-        right.grid(alpha=0.3)
+        axes[0][1].plot(*zip(*drift), "o-", color="tab:red", markersize=3)
+        _label_drift_axes(axes[0][1], "generation")
     _save_reward_axes(fig, ax, out, "generation", "reward", title)
 
 
-def plot_heldout_against_time(curves: dict[str, list[tuple]], out: Path, title: str = "") -> None:
-    """One line per run; a third value in a point, when given, is a standard error bar."""
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for label, points in curves.items():
+def plot_heldout_against_time(curves: dict[str, list[tuple]], out: Path, title: str = "",
+                              drift: dict[str, list[tuple]] | None = None) -> None:
+    """One line per run; a third value in a point, when given, is a standard error bar. With
+    `drift` ((seconds, KL) per run, by the same labels), a panel of it beside, in the same colours."""
+    shown = {label: points for label, points in (drift or {}).items() if points}
+    fig, axes = plt.subplots(1, 2 if shown else 1, figsize=(12 if shown else 7, 4), squeeze=False)
+    ax = axes[0][0]
+    for i, (label, points) in enumerate(curves.items()):
         xs = [p[0] / 60 for p in points]
         ys = [p[1] for p in points]
         errors = [p[2] for p in points] if points and len(points[0]) > 2 else None
-        ax.errorbar(xs, ys, yerr=errors, fmt="o-", capsize=2, markersize=3, label=label)
+        ax.errorbar(xs, ys, yerr=errors, fmt="o-", capsize=2, markersize=3, label=label, color=f"C{i}")
+        if label in shown:
+            axes[0][1].plot([p[0] / 60 for p in shown[label]], [p[1] for p in shown[label]], "o-", markersize=3,
+                            color=f"C{i}")
+    if shown:
+        _label_drift_axes(axes[0][1], "training wall time (minutes)")
     _save_reward_axes(fig, ax, out, "training wall time (minutes)", "held-out reward", title)

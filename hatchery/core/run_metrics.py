@@ -127,17 +127,27 @@ def training_rows(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["reward_mean"] is not None]
 
 
-def heldout_curve(rows: list[dict]) -> list[tuple[float, float, float]]:
-    """(training seconds, held-out reward, its standard error) of a run: each evaluation
-    is taken before its generation trains, so it sits at the time the earlier generations
-    took (evaluations are off that clock)."""
-    curve, elapsed = [], 0.0
+def _evaluations(rows: list[dict]) -> list[tuple[float, dict]]:
+    """(training seconds, row) of each held-out evaluation: taken before its generation
+    trains, so it sits at the time the earlier generations took (evaluations are off that clock)."""
+    found, elapsed = [], 0.0
     for r in rows:
         if r["heldout_reward"] is not None:
-            curve.append((elapsed, r["heldout_reward"], r.get("heldout_stderr") or 0.0))
+            found.append((elapsed, r))
         if r["reward_mean"] is not None:
             elapsed += r["seconds"]
-    return curve
+    return found
+
+
+def heldout_curve(rows: list[dict]) -> list[tuple[float, float, float]]:
+    """(training seconds, held-out reward, its standard error) of a run."""
+    return [(t, r["heldout_reward"], r.get("heldout_stderr") or 0.0) for t, r in _evaluations(rows)]
+
+
+def drift_curve(rows: list[dict]) -> list[tuple[float, float, float]]:
+    """(training seconds, KL from the start model, probe log-likelihood) at each evaluation
+    that measured drift (hatchery.core.drift)."""
+    return [(t, r["drift_kl"], r["probe_loglik"]) for t, r in _evaluations(rows) if r.get("drift_kl") is not None]
 
 
 def progress_line(stats: GenerationStats, total: int) -> str:

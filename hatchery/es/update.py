@@ -4,6 +4,11 @@ With antithetic pairs, sum_i f_i E_i = sum_k (f_2k - f_2k+1) A_k B_k^T / sqrt(r)
 computed as (A * c) B^T over all pairs at once: rank <= N r / 2 per step, full
 rank over many steps. It accumulates in a float32 master copy of every target
 even when the model computes in bf16/fp16, where updates of 1e-5 would vanish.
+
+An anchored step (StepRule.anchor_decay) also moves the weights a fraction lr * anchor_decay
+of the way back to the start weights, to bound how far a run drifts from what the model
+knew (hatchery.core.drift measures it); like every step it is a function of the update
+record and the start model only, so it replays identically on every worker.
 """
 
 from __future__ import annotations
@@ -39,8 +44,9 @@ class StepRule:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # pulls the weights toward zero: - lr * weight_decay * W per step
     momentum: float = 0.9  # "momentum": decay of the running average of ES gradients
+    anchor_decay: float = 0.0  # pulls them toward the start weights W0: - lr * anchor_decay * (W - W0)
 
 
 def gradient_factors(target: Target, seed: int, epoch: int, rank: int,
@@ -110,6 +116,11 @@ class EsUpdater:
         self.seed, self.rank, self.rule = seed, rank, rule
         # float32 CPU weights are their own master copy; others get a float32 clone.
         self.master = {t.name: self._master_of(t) for t in self.targets}
+        # The start weights, kept only for an anchored step: in the dtype they were loaded in,
+        # which holds them exactly (the float32 master began as their float32 copy), so a
+        # bf16 model's anchor costs 2 bytes per perturbed weight, a float32 model's 4.
+        self.anchor = {t.name: t.logical_weight().detach().cpu().clone() for t in self.targets} \
+            if rule.anchor_decay else {}
         self.moments: dict[str, dict[str, torch.Tensor]] = {kind: {} for kind in _MOMENTS}  # kind -> name -> t
         self.steps = 0
 
@@ -119,7 +130,7 @@ class EsUpdater:
         check_update(lr, self.rank, fitness)
         self.steps += 1
         norm_sq = 0.0
-        plain_sgd = self.rule.optimizer == "sgd" and not self.rule.weight_decay
+        plain_sgd = self.rule.optimizer == "sgd" and not (self.rule.weight_decay or self.rule.anchor_decay)
         for t in self.targets:
             w = self.master[t.name]
             if plain_sgd:  # the step is low rank: added in place by one addmm, never formed
@@ -133,6 +144,8 @@ class EsUpdater:
                 step = self._step(t.name, es_gradient(t, self.seed, epoch, self.rank, fitness), lr)
                 if self.rule.weight_decay:
                     step = step - lr * self.rule.weight_decay * w
+                if self.rule.anchor_decay:
+                    step = step - lr * self.rule.anchor_decay * (w - self.anchor[t.name].float())
                 w.add_(step)
                 norm_sq += float(step.double().pow(2).sum())
             self._store(t)

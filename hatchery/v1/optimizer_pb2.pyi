@@ -186,7 +186,7 @@ class CheckpointChunk(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class EsSettings(_message.Message):
-    __slots__ = ("seed", "rank", "population", "noise_reuse", "target_modules", "exclude_modules", "optimizer", "adam_beta1", "adam_beta2", "adam_eps", "weight_decay", "dtype", "momentum")
+    __slots__ = ("seed", "rank", "population", "noise_reuse", "target_modules", "exclude_modules", "optimizer", "adam_beta1", "adam_beta2", "adam_eps", "weight_decay", "dtype", "momentum", "anchor_decay")
     SEED_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     POPULATION_FIELD_NUMBER: _ClassVar[int]
@@ -200,6 +200,7 @@ class EsSettings(_message.Message):
     WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     MOMENTUM_FIELD_NUMBER: _ClassVar[int]
+    ANCHOR_DECAY_FIELD_NUMBER: _ClassVar[int]
     seed: int
     rank: int
     population: int
@@ -213,7 +214,8 @@ class EsSettings(_message.Message):
     weight_decay: float
     dtype: str
     momentum: float
-    def __init__(self, seed: _Optional[int] = ..., rank: _Optional[int] = ..., population: _Optional[int] = ..., noise_reuse: _Optional[int] = ..., target_modules: _Optional[_Iterable[str]] = ..., exclude_modules: _Optional[_Iterable[str]] = ..., optimizer: _Optional[str] = ..., adam_beta1: _Optional[float] = ..., adam_beta2: _Optional[float] = ..., adam_eps: _Optional[float] = ..., weight_decay: _Optional[float] = ..., dtype: _Optional[str] = ..., momentum: _Optional[float] = ...) -> None: ...
+    anchor_decay: float
+    def __init__(self, seed: _Optional[int] = ..., rank: _Optional[int] = ..., population: _Optional[int] = ..., noise_reuse: _Optional[int] = ..., target_modules: _Optional[_Iterable[str]] = ..., exclude_modules: _Optional[_Iterable[str]] = ..., optimizer: _Optional[str] = ..., adam_beta1: _Optional[float] = ..., adam_beta2: _Optional[float] = ..., adam_eps: _Optional[float] = ..., weight_decay: _Optional[float] = ..., dtype: _Optional[str] = ..., momentum: _Optional[float] = ..., anchor_decay: _Optional[float] = ...) -> None: ...
 
 class GetWorkRequest(_message.Message):
     __slots__ = ("worker_id", "applied_generation")

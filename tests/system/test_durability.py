@@ -31,7 +31,8 @@ GENERATIONS = 6
 def _config(model_dir, run_dir) -> dict:
     return {"run_dir": str(run_dir), "model": {"source": str(model_dir)}, "grader": "length",
             "task": {"name": "arith", "heldout_size": 8, "max_new_tokens": 6},
-            "es": {"population": 6, "rank": 2, "sigma": 0.05, "lr": 0.05, "optimizer": "adam"},
+            # anchored Adam steps: the densest step rule, so every crash test replays the anchor too
+            "es": {"population": 6, "rank": 2, "sigma": 0.05, "lr": 0.05, "optimizer": "adam", "anchor_decay": 2.0},
             # spread selection depends on what earlier generations observed: a resume must rebuild it
             "train": {"generations": GENERATIONS, "prompts_per_member": 2, "eval_every": 3,
                       "prompt_selection": "spread", "members_per_lease": 2, "checkpoint_every": 2,

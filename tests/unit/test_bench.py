@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import tiny
-from hatchery.bench.ablation import ablation, parse_variants
+from hatchery.bench.ablation import ablation, parse_variants, plot_ablation
 from hatchery.bench.breakdown import time_breakdown
 from hatchery.bench.reward import run_reward_bench
 from hatchery.bench.sync import loopback_run, run_to_end
@@ -88,6 +88,13 @@ def test_ablation_summarises_each_run_from_its_metrics(tiny_llama_dir, tmp_path)
     evaluated = [s for s in history if s.heldout_reward is not None]
     assert [p[1:] for p in run["curve"]] == [[s.heldout_reward, s.heldout_stderr] for s in evaluated]
     assert report["plain"]["heldout_end_mean"] == run["heldout_end"] == history[-1].heldout_reward
+    # drift beside the reward, from the same evaluations
+    assert [p[0] for p in run["drift_curve"]] == [p[0] for p in run["curve"]]
+    assert [p[1:] for p in run["drift_curve"]] == [[s.drift_kl, s.probe_loglik] for s in evaluated]
+    assert report["plain"]["drift_kl_end_mean"] == run["drift_kl_end"] == history[-1].drift_kl
+    assert run["probe_loglik_start"] == evaluated[0].probe_loglik
+    plot_ablation(report, tmp_path / "ablation.png")
+    assert (tmp_path / "ablation.png").read_bytes().startswith(b"\x89PNG")
     assert run["prompts_with_spread"] == pytest.approx(sum(s.prompts_with_spread for s in history[:3]) / 3)
     with pytest.raises(ValueError, match="is not NAME=RUN"):
         parse_variants(["no-run-dirs"])

@@ -19,14 +19,16 @@ def test_every_step_rule_setting_is_a_config_key_and_an_es_settings_field():
 
 def test_every_es_settings_field_comes_from_the_config():
     cfg = parse_config({"es": {"optimizer": "adam", "adam_beta1": 0.8, "adam_beta2": 0.95, "adam_eps": 1e-6,
-                               "weight_decay": 0.01, "momentum": 0.5, "seed": 7, "rank": 3, "population": 6,
-                               "noise_reuse": 2, "target_modules": ["q_proj"], "exclude_modules": ["v"]},
+                               "weight_decay": 0.01, "momentum": 0.5, "anchor_decay": 0.5, "seed": 7, "rank": 3,
+                               "population": 6, "noise_reuse": 2, "target_modules": ["q_proj"],
+                               "exclude_modules": ["v"]},
                         "model": {"dtype": "bfloat16"}})
     settings = es_settings(cfg)
     for field in pb.EsSettings.DESCRIPTOR.fields:  # every field carried over, none left at its zero value
         assert getattr(settings, field.name), field.name
     assert settings.dtype == "bfloat16" and list(settings.target_modules) == ["q_proj"] and settings.rank == 3
-    assert step_rule(settings) == step_rule(cfg.es) == StepRule("adam", 0.8, 0.95, 1e-6, 0.01, 0.5)
+    assert step_rule(settings) == step_rule(cfg.es) == StepRule("adam", 0.8, 0.95, 1e-6, 0.01, 0.5,
+                                                                   anchor_decay=0.5)
 
 
 def test_every_part_of_the_time_split_is_a_report_field():

@@ -36,7 +36,7 @@ def test_update_equals_explicit_sum_of_member_noise():
 
 
 @pytest.mark.parametrize("rule", [StepRule("sgd"), StepRule("sgd", weight_decay=0.1), StepRule("momentum"),
-                                  StepRule("adam")])
+                                  StepRule("adam"), StepRule("sgd", anchor_decay=5.0)])
 def test_the_reported_norm_is_the_norm_of_the_weight_change(rule):
     model = tiny.model("llama", len(tiny.tokenizer()))
     targets = find_targets(model)
@@ -59,6 +59,62 @@ def test_momentum_steps_along_the_bias_corrected_average_of_es_gradients():
     updater.apply(1, lr, fitness[1])
     # m = 0.5 m + 0.5 g, divided by 1 - 0.5^2: g0 weighs 1/3, g1 2/3
     torch.testing.assert_close(t.logical_weight() - w1, lr * (g0 / 3 + 2 * g1 / 3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_an_anchored_step_equals_its_formula(dtype):
+    """W <- W + lr g - lr anchor_decay (W - W0), over three steps, against float64 arithmetic."""
+    targets = find_targets(tiny.model("llama", len(tiny.tokenizer())).to(dtype))
+    seed, rank, lr, decay = 2, 2, 0.05, 4.0
+    fitness = [[0.5, -1.0, 2.0, 0.3], [1.0, 0.2, -0.4, 0.9], [-0.7, 0.1, 0.6, -1.2]]
+    updater = EsUpdater(targets, seed, rank, StepRule("sgd", anchor_decay=decay))
+    start = {t.name: updater.master[t.name].double().clone() for t in targets}
+    assert all(torch.equal(updater.anchor[n].double(), w) for n, w in start.items())  # the anchor is exact
+    expected = dict(start)
+    for epoch, f in enumerate(fitness):
+        updater.apply(epoch, lr, f)
+        for t in targets:
+            w = expected[t.name]
+            expected[t.name] = w + lr * es_gradient(t, seed, epoch, rank, f).double() - lr * decay * (w - start[t.name])
+    for t in targets:
+        torch.testing.assert_close(updater.master[t.name].double(), expected[t.name], atol=1e-6, rtol=1e-5)
+        assert not torch.allclose(expected[t.name], start[t.name] + sum(  # the pull is there to see
+            lr * es_gradient(t, seed, e, rank, f).double() for e, f in enumerate(fitness)), atol=1e-6)
+
+
+def test_anchored_steps_replay_bit_identically_on_a_second_worker_and_from_a_checkpoint(tiny_llama_dir, tmp_path):
+    """Two workers that load the start model and replay the same records, and a third that
+    resumes from a checkpoint taken halfway, hold the same bytes: the anchor is the start
+    model, not the weights the updater was handed at a resume."""
+    from hatchery.core.checkpoint import latest_checkpoint, write_checkpoint
+    from hatchery.core.model import load_model
+
+    def worker() -> EsUpdater:
+        return EsUpdater(find_targets(load_model(tiny_llama_dir).model), seed=3, rank=2,
+                         rule=StepRule("adam", anchor_decay=2.0))
+
+    fitness = [[1.0, -1.0, 0.5, 0.2], [0.3, 0.1, -2.0, 1.0], [-1.0, 1.0, 0.0, 0.4], [0.2, 0.9, -0.3, 0.0]]
+    first, second = worker(), worker()
+    for epoch, f in enumerate(fitness):
+        first.apply(epoch, 0.05, f)
+        second.apply(epoch, 0.05, f)
+        if epoch == 1:
+            write_checkpoint(tmp_path, 2, first.state_dict(), first.steps, keep=1)
+    resumed = worker()
+    resumed.load_state_dict(*latest_checkpoint(tmp_path).load())
+    for epoch, f in list(enumerate(fitness))[2:]:
+        resumed.apply(epoch, 0.05, f)
+    for a, b, c in zip(first.targets, second.targets, resumed.targets):
+        assert torch.equal(a.weight, b.weight) and torch.equal(a.weight, c.weight), a.name
+
+
+def test_config_bounds_the_anchor_pull_to_the_whole_distance():
+    from hatchery.core.config import ConfigError, parse_config
+
+    assert parse_config({"es": {"lr": 0.01, "anchor_decay": 100.0}}).es.anchor_decay == 100.0
+    for bad in (-1.0, 101.0):
+        with pytest.raises(ConfigError, match="es.anchor_decay: must be >= 0 and at most 1 / lr = 100"):
+            parse_config({"es": {"lr": 0.01, "anchor_decay": bad}})
 
 
 @pytest.mark.parametrize("fitness", [np.zeros(8), np.full(8, 3.0)])
