@@ -56,8 +56,10 @@ def plot_rewards(metrics_path: Path, out: Path, title: str = "") -> None:
 def plot_heldout_against_time(curves: dict[str, list[tuple]], out: Path, title: str = "",
                               drift: dict[str, list[tuple]] | None = None) -> None:
     """One line per run; a third value in a point, when given, is a standard error bar. With
-    `drift` ((seconds, KL) per run, by the same labels), a panel of it beside, in the same colours."""
-    shown = {label: points for label, points in (drift or {}).items() if points}
+    `drift` ((seconds, KL) per run, by the same labels), a panel of it beside, in the same colours,
+    on a log scale: runs that compare can differ by orders of magnitude (the start's 0 left out)."""
+    shown = {label: [p for p in points if p[1] > 0] for label, points in (drift or {}).items()}
+    shown = {label: points for label, points in shown.items() if points}
     fig, axes = plt.subplots(1, 2 if shown else 1, figsize=(12 if shown else 7, 4), squeeze=False)
     ax = axes[0][0]
     for i, (label, points) in enumerate(curves.items()):
@@ -70,4 +72,5 @@ def plot_heldout_against_time(curves: dict[str, list[tuple]], out: Path, title: 
                             color=f"C{i}")
     if shown:
         _label_drift_axes(axes[0][1], "training wall time (minutes)")
+        axes[0][1].set_yscale("log")
     _save_reward_axes(fig, ax, out, "training wall time (minutes)", "held-out reward", title)
