@@ -17,9 +17,13 @@ from hatchery.core.failpoints import failpoint
 from hatchery.core.run_files import writing
 
 # Where a worker's time went, as it reports it (ReportResultRequest.<part>_seconds); the
-# optimizer adds "optimizer_update" for its own shaping, log append, update and checkpoint.
+# optimizer adds "optimizer_update" for what it did on the generation's critical path (shaping
+# and the log append; with train.overlap_update off, also its own update and checkpoint) and,
+# when its own update ran beside the next generation, "optimizer_update_overlapped": seconds
+# that are not part of the generation's wall time.
 WORKER_TIME_SPLIT = ("generate", "reward", "update", "noise")
 OPTIMIZER_TIME_SPLIT = "optimizer_update"
+OVERLAPPED_TIME_SPLIT = "optimizer_update_overlapped"
 
 
 @dataclass
@@ -95,10 +99,12 @@ def metrics_rows(path: str | Path) -> list[dict]:
 class MetricsLog:
     """The optimizer's writer of metrics.jsonl, one row per generation as it closes.
 
-    A generation's row is written last, after its update record and checkpoint and before the
-    generation is announced, so an update record without a row was never announced: opening
-    the log keeps the rows of the `logged` generations (dropping any of one that did not finish)
-    and the final evaluation's, and says in `history` which generations closed.
+    A generation's row is written last, after its update record, the optimizer's own update
+    and checkpoint, so a record without a row belongs to a generation that did not finish
+    (with train.overlap_update its record may have gone out with the next leases; the
+    optimizer reruns that generation and tells a worker that applied it to join again).
+    Opening the log keeps the rows of the `logged` generations (dropping any of one that did
+    not finish) and the final evaluation's, and says in `history` which generations closed.
     """
 
     def __init__(self, path: Path, logged: int):

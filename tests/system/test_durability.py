@@ -67,7 +67,10 @@ def _assert_same_run(run_dir, reference_dir):
     assert ours.read_bytes() == theirs.read_bytes(), "final weights must be byte-identical"
 
 
-@pytest.mark.parametrize("point", ["mid_generation:3", "log_appended:3", "checkpoint_written_not_renamed:4"])
+# own_update: the record is durable and went out with the next generation's lease, the
+# optimizer's own update (beside that generation) has not finished
+@pytest.mark.parametrize("point", ["mid_generation:3", "log_appended:3", "own_update:3",
+                                   "checkpoint_written_not_renamed:4"])
 def test_sigkill_then_resume_ends_with_identical_weights(point, tiny_llama_dir, tmp_path, uninterrupted):
     config_path, run_dir = _write_config(tmp_path, tiny_llama_dir)
     crashed = _hatchery(["run", str(config_path)], env={**os.environ, "HATCHERY_FAILPOINT": point})

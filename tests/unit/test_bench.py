@@ -71,6 +71,8 @@ def test_breakdown_splits_a_runs_wall_time_into_what_the_services_reported(tiny_
     seconds = report["seconds"]
     assert all(seconds[part] > 0 for part in ("generate", "reward", "noise", "optimizer_update"))
     assert seconds["rpc_and_waiting"] >= 0  # one worker: its parts fit inside the wall time
+    # the optimizer's own update ran beside the next generation: reported, in no generation's wall time
+    assert report["overlapped"]["optimizer_update_overlapped"] > 0
     assert sum(report["fraction_of_wall"].values()) == pytest.approx(1.0)
 
 
