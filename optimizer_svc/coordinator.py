@@ -133,7 +133,7 @@ class Coordinator:
         self.completed = threading.Event()  # and the outputs are written (or the run failed)
         self.failure = ""  # why the run stopped short of its budget; empty while it runs or when it ends well
         self.started = False  # a first lease went out: the clock no longer waits for a worker
-        self.weights_fingerprint = fingerprint(self.targets)
+        self._weights_fingerprint = fingerprint(self.targets)
         self._lock = threading.RLock()
         self.changed = threading.Condition(self._lock)  # notified on every row, state change and end
         with self._lock:
@@ -231,8 +231,10 @@ class Coordinator:
 
     def get_work(self, worker_id: str, applied_generation: int) -> pb.GetWorkResponse:
         with self._lock:
+            if applied_generation > self.generation + 1:
+                raise ValueError(f"applied_generation {applied_generation} is ahead of the run ({self.generation})")
             self._seen(worker_id)
-            if applied_generation > self.generation:
+            if applied_generation == self.generation + 1:
                 # The worker applied a record this optimizer dropped on restart (announced, but its
                 # generation had no row yet): the generation reruns, and the worker joins again.
                 return pb.GetWorkResponse(resync=True)
@@ -261,8 +263,7 @@ class Coordinator:
 
     def report(self, req: pb.ReportResultRequest) -> pb.ReportResultResponse:
         with self._lock:
-            # a result is checked against weights that include every record announced
-            self.changed.wait_for(self.weights_ready.is_set)
+            self._settled()  # a result is checked against weights that include every record announced
             if self.finished.is_set():
                 return pb.ReportResultResponse(accepted=False, reason="the run is over: dropped")
             lease = self.leases.held(req.lease_id)
@@ -286,7 +287,7 @@ class Coordinator:
                                                f"worker {req.worker_id!r}: dropped")
             worker = self._seen(req.worker_id)
             worker.fingerprint = req.weights_fingerprint
-            if req.weights_fingerprint != self.weights_fingerprint:
+            if req.weights_fingerprint != self._weights_fingerprint:
                 self.fingerprint_mismatches += 1
                 self.leases.redo(req.lease_id)
                 return pb.ReportResultResponse(accepted=False, resync=True,
@@ -406,7 +407,7 @@ class Coordinator:
         with self._lock:
             if self.finished.is_set():  # the run failed meanwhile; its files are closed
                 return
-            self.weights_fingerprint = weights
+            self._weights_fingerprint = weights
             self.checkpoint = checkpoint or self.checkpoint
             now = self.clock()
             if closed is None:
@@ -446,7 +447,7 @@ class Coordinator:
         return self.control.stop_requested or self._budget_spent() >= 1.0
 
     def _record(self, stats: GenerationStats) -> None:
-        self.metrics.append(stats, final=self.training_done)
+        self.metrics.append(stats)
         self.changed.notify_all()
         self.on_generation(stats)
 
@@ -526,9 +527,23 @@ class Coordinator:
         self.control = control
         self.changed.notify_all()
 
+    def _settled(self) -> None:
+        """Waits (the lock held) until the weights include every announced record and the row
+        of each closed generation is written: the optimizer's own update may run beside the
+        next generation for a moment."""
+        self.changed.wait_for(self.weights_ready.is_set)
+
+    @property
+    def weights_fingerprint(self) -> str:
+        """The fingerprint of the optimizer's weights with every announced record applied."""
+        with self._lock:
+            self._settled()
+            return self._weights_fingerprint
+
     def rows_since(self, generation: int) -> list[GenerationStats]:
         """The metrics rows of `generation` and later, as metrics.jsonl holds them."""
         with self._lock:
+            self._settled()
             return self.history[generation:]
 
     # -- for the servicer ------------------------------------------------------------
@@ -551,6 +566,7 @@ class Coordinator:
 
     def status(self) -> pb.GetStatusResponse:
         with self._lock:
+            self._settled()
             now = self.clock()
             return pb.GetStatusResponse(
                 run_id=self.run_dir.name, generation=self.generation, total_generations=self.cfg.train.generations,

@@ -62,10 +62,10 @@ class GenerationStats:
     def tokens_per_second(self) -> float:
         return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
 
-    def to_json(self, final: bool) -> str:
+    def to_json(self) -> str:
         """The row; NaN (nothing scored) and infinity (past float range) are written as null, as
-        JSON has neither."""
-        row = {**asdict(self), "tokens_per_second": self.tokens_per_second, "final": final}
+        JSON has neither. `final` marks the run's last row, its final evaluation."""
+        row = {**asdict(self), "tokens_per_second": self.tokens_per_second, "final": not self.trained}
         return json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()})
 
     @classmethod
@@ -114,14 +114,14 @@ class MetricsLog:
         self.history = [r for r in rows if r.generation < logged or (r.generation == logged and not r.trained)]
         tmp = path.with_suffix(".tmp")
         with writing(tmp):
-            tmp.write_text("".join(r.to_json(final=not r.trained) + "\n" for r in self.history), encoding="utf-8")
+            tmp.write_text("".join(r.to_json() + "\n" for r in self.history), encoding="utf-8")
             os.replace(tmp, path)
             self._file = open(path, "a", encoding="utf-8")
 
-    def append(self, stats: GenerationStats, final: bool) -> None:
+    def append(self, stats: GenerationStats) -> None:
         with writing(self.path):
             failpoint("metrics_append", stats.generation)
-            self._file.write(stats.to_json(final) + "\n")
+            self._file.write(stats.to_json() + "\n")
             self._file.flush()
         self.history.append(stats)
 
