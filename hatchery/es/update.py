@@ -130,16 +130,19 @@ class EsUpdater:
         check_update(lr, self.rank, fitness)
         self.steps += 1
         norm_sq = 0.0
-        plain_sgd = self.rule.optimizer == "sgd" and not (self.rule.weight_decay or self.rule.anchor_decay)
+        plain_sgd = self.rule.optimizer == "sgd" and not self.rule.weight_decay
         for t in self.targets:
             w = self.master[t.name]
-            if plain_sgd:  # the step is low rank: added in place by one addmm, never formed
+            if plain_sgd:  # the step is low rank (and the anchor's pull): added in place, never formed
                 factors = gradient_factors(t, self.seed, epoch, self.rank, fitness)
-                if factors is None:
+                if self.rule.anchor_decay:
+                    norm_sq += self._pull_to_start(t.name, lr, factors)
+                elif factors is None:
                     continue
-                g, b = factors
-                w.addmm_(g, b.t(), alpha=lr)
-                norm_sq += lr * lr * low_rank_norm_sq(g, b)
+                if factors is not None:
+                    g, b = factors
+                    w.addmm_(g, b.t(), alpha=lr)
+                    norm_sq += lr * lr * low_rank_norm_sq(g, b)
             else:
                 step = self._step(t.name, es_gradient(t, self.seed, epoch, self.rank, fitness), lr)
                 if self.rule.weight_decay:
@@ -150,6 +153,21 @@ class EsUpdater:
                 norm_sq += float(step.double().pow(2).sum())
             self._store(t)
         return norm_sq ** 0.5
+
+    def _pull_to_start(self, name: str, lr: float, factors: tuple[torch.Tensor, torch.Tensor] | None) -> float:
+        """W -= c (W - W0) in place, c = lr * anchor_decay, before the low-rank step lr G B^T is
+        added; returns what the pull adds to the step's squared norm,
+        c^2 ||W - W0||^2 - 2 lr c <G B^T, W - W0>, without forming G B^T."""
+        c = lr * self.rule.anchor_decay
+        w = self.master[name]
+        d = w - self.anchor[name]  # float32 whatever the anchor's dtype
+        flat = d.view(-1)
+        added = c * c * float(torch.dot(flat, flat))
+        if factors is not None:
+            g, b = factors
+            added -= 2 * lr * c * float(((d @ b) * g).sum())
+        w.sub_(d, alpha=c)
+        return added
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """What a replay from here needs: float32 master weights and the optimizer's moments."""
