@@ -33,8 +33,9 @@ def _config(model_dir, run_dir) -> dict:
             "task": {"name": "arith", "heldout_size": 8, "max_new_tokens": 6},
             # anchored Adam steps: the densest step rule, so every crash test replays the anchor too
             "es": {"population": 6, "rank": 2, "sigma": 0.05, "lr": 0.05, "optimizer": "adam", "anchor_decay": 2.0},
-            # spread selection depends on what earlier generations observed: a resume must rebuild it
-            "train": {"generations": GENERATIONS, "prompts_per_member": 2, "eval_every": 3,
+            # spread selection depends on what earlier generations observed: a resume must rebuild it;
+            # the optimizer's own update runs beside the next generation, so crashes land between too
+            "train": {"generations": GENERATIONS, "prompts_per_member": 2, "eval_every": 3, "overlap_update": True,
                       "prompt_selection": "spread", "members_per_lease": 2, "checkpoint_every": 2,
                       "checkpoints_kept": 2,
                       "lease_timeout_seconds": 5}}
