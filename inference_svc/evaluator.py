@@ -13,6 +13,7 @@ from hatchery.es import EsUpdater, NoiseKey, PopulationNoise, find_targets, pert
 from hatchery.service.prompts import model_input
 from hatchery.service.settings import step_rule
 from hatchery.v1 import optimizer_pb2 as pb
+from inference_svc.factors import Factors
 
 
 class Evaluator:
@@ -24,8 +25,8 @@ class Evaluator:
         self.targets = find_targets(lm.model, list(es.target_modules), list(es.exclude_modules))
         self.updater = EsUpdater(self.targets, es.seed, es.rank, step_rule(es))
         self.applied_generation = 0
-        self._noise: PopulationNoise | None = None
-        self.noise_seconds = 0.0  # building the last lease's factors; 0 when they were reused
+        self.noise_seconds = 0.0  # building (or waiting for) the last lease's factors; 0 when reused
+        self.factors = Factors(self.targets)
 
     def apply(self, record: pb.UpdateRecord) -> None:
         if record.generation != self.applied_generation:
@@ -37,19 +38,21 @@ class Evaluator:
         """Jumps to a checkpoint that covers `generation` update records."""
         self.updater.load_state_dict(state, steps)
         self.applied_generation = generation
+        self.factors.drop_ahead()
 
     def fingerprint(self) -> str:
         return fingerprint(self.targets)
 
+    def _key(self, generation: int) -> NoiseKey:
+        return NoiseKey(self.es.seed, generation // self.es.noise_reuse, self.es.rank)
+
     def _population_noise(self, generation: int, pairs: list[int]) -> PopulationNoise:
-        """Noise for the lease's pairs, regenerated only when epoch or pairs change."""
-        key = NoiseKey(self.es.seed, generation // self.es.noise_reuse, self.es.rank)
+        """Noise for the lease's pairs; the next generation's (the same pairs) is built ahead."""
         started = time.perf_counter()
-        if self._noise is None or self._noise.key != key or self._noise.pairs != pairs:
-            self._noise = None  # free the old factors before building new ones
-            self._noise = PopulationNoise(self.targets, key, pairs)
+        noise = self.factors.get(self._key(generation), pairs)
         self.noise_seconds = time.perf_counter() - started
-        return self._noise
+        self.factors.build_ahead(self._key(generation + 1), pairs)
+        return noise
 
     def evaluate(self, lease: pb.Lease, interrupt: threading.Event | None = None) -> Completions:
         """Completions in lease order: member-major, then prompt (one row for each); raises

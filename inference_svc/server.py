@@ -147,6 +147,10 @@ class Worker:
         self.update_seconds += time.perf_counter() - started
         if work.finished:
             return True
+        if work.resync:
+            log.info("the optimizer is behind this worker's weights (it restarted): joining again")
+            self.join()
+            return False
         if not work.HasField("lease"):
             stop.wait(work.retry_after_seconds)
             return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -57,6 +58,8 @@ from hatchery.v1 import reward_pb2
 from optimizer_svc.control import RunControl
 from optimizer_svc.generation import Generation, HeldOut
 from optimizer_svc.leases import LeaseBook
+
+log = logging.getLogger("hatchery.optimizer")
 
 
 def _proto_prompts(prompts: Sequence[TaskPrompt]) -> list[pb.Prompt]:
@@ -118,6 +121,11 @@ class Coordinator:
         self.drift = (DriftMonitor.open(run_dir, lm, cfg.train.drift_probe, at_start=not self.log.records)
                       if cfg.train.drift else None)
         self._drift: tuple[threading.Thread, list[Drift]] | None = None  # the measurement under way
+        # Set while the weights match every logged record; clear while the optimizer's own update
+        # runs beside the next generation (train.overlap_update), which no result may meet first.
+        self.weights_ready = threading.Event()
+        self.weights_ready.set()
+        self._unrecorded_seconds = 0.0  # of the closed generation whose row the update thread writes
         self._paused_since = self.clock() if self.control.paused else None
         # training_done: no more updates; only the final held-out evaluation remains
         self.training_done = self._training_over()
@@ -125,7 +133,7 @@ class Coordinator:
         self.completed = threading.Event()  # and the outputs are written (or the run failed)
         self.failure = ""  # why the run stopped short of its budget; empty while it runs or when it ends well
         self.started = False  # a first lease went out: the clock no longer waits for a worker
-        self.weights_fingerprint = fingerprint(self.targets)
+        self._weights_fingerprint = fingerprint(self.targets)
         self._lock = threading.RLock()
         self.changed = threading.Condition(self._lock)  # notified on every row, state change and end
         with self._lock:
@@ -137,8 +145,9 @@ class Coordinator:
 
     def _drop_unannounced_record(self) -> None:
         """A last record whose generation has no metrics row was appended by a process that died
-        (or could not write) before the generation closed, so no worker ever received it: the
-        generation reruns and writes the same record again."""
+        (or could not write) before the generation's row: the generation reruns and writes the
+        same record again. With train.overlap_update the record may have gone out with the next
+        generation's leases; a worker that applied it is told to join again (get_work)."""
         logged, closed = len(self.log.records), len(self.history)
         if closed == logged - 1:
             self.log.drop_last()
@@ -222,9 +231,13 @@ class Coordinator:
 
     def get_work(self, worker_id: str, applied_generation: int) -> pb.GetWorkResponse:
         with self._lock:
-            if applied_generation > self.generation:
+            if applied_generation > self.generation + 1:
                 raise ValueError(f"applied_generation {applied_generation} is ahead of the run ({self.generation})")
             self._seen(worker_id)
+            if applied_generation == self.generation + 1:
+                # The worker applied a record this optimizer dropped on restart (announced, but its
+                # generation had no row yet): the generation reruns, and the worker joins again.
+                return pb.GetWorkResponse(resync=True)
             response = pb.GetWorkResponse(updates=[pb.UpdateRecord(**dataclasses.asdict(r))
                                                    for r in self.log.since(applied_generation)])
             if self.finished.is_set():
@@ -250,6 +263,7 @@ class Coordinator:
 
     def report(self, req: pb.ReportResultRequest) -> pb.ReportResultResponse:
         with self._lock:
+            self._settled()  # a result is checked against weights that include every record announced
             if self.finished.is_set():
                 return pb.ReportResultResponse(accepted=False, reason="the run is over: dropped")
             lease = self.leases.held(req.lease_id)
@@ -273,7 +287,7 @@ class Coordinator:
                                                f"worker {req.worker_id!r}: dropped")
             worker = self._seen(req.worker_id)
             worker.fingerprint = req.weights_fingerprint
-            if req.weights_fingerprint != self.weights_fingerprint:
+            if req.weights_fingerprint != self._weights_fingerprint:
                 self.fingerprint_mismatches += 1
                 self.leases.redo(req.lease_id)
                 return pb.ReportResultResponse(accepted=False, resync=True,
@@ -305,8 +319,12 @@ class Coordinator:
         if self.drift is None:
             return
         result: list[Drift] = []
-        thread = threading.Thread(target=lambda: result.append(self.drift.measure(self.lm)), name="drift",
-                                  daemon=True)
+
+        def measure() -> None:
+            self.weights_ready.wait()  # the optimizer's own update of the last generation comes first
+            result.append(self.drift.measure(self.lm))
+
+        thread = threading.Thread(target=measure, name="drift", daemon=True)
         thread.start()
         self._drift = (thread, result)
 
@@ -353,19 +371,67 @@ class Coordinator:
                               lr=lr, sigma=es.sigma, fitness=tuple(fitness.tolist()))
         self.log.append(record)
         failpoint("log_appended", self.generation)
-        norm = self.updater.apply(record.noise_epoch, record.lr, fitness)
-        self.weights_fingerprint = fingerprint(self.targets)
-        every = self.cfg.train.checkpoint_every
-        if every and (self.generation + 1) % every == 0:
-            self.checkpoint = write_checkpoint(self.checkpoint_dir, self.generation + 1, self.updater.state_dict(),
-                                               self.updater.steps, self.cfg.train.checkpoints_kept)
-        stats = gen.stats(self.clock(), norm, self.clock() - started)
-        self.schedule.observe(gen.prompt_indices, stats.spread_prompts)
-        self._record(stats)
+        self.schedule.observe(gen.prompt_indices, gen.spread_prompts())
+        if not self.cfg.train.overlap_update:
+            self._update_own_weights(gen, record, fitness, started)
+            self._next_generation()
+            return
+        # The record is durable: the next generation's leases go out with it now, and the
+        # optimizer's own update, checkpoint and row follow beside that generation.
+        closed = self.clock()
+        self.weights_ready.clear()
+        self._unrecorded_seconds = closed - gen.started
+        self._next_generation()
+        threading.Thread(target=self._update_beside, args=(gen, record, fitness, started, closed),
+                         name="own-update", daemon=True).start()
+
+    def _next_generation(self) -> None:
         self.generation += 1
         if self._training_over():
             self.training_done = True
         self._open_generation()
+
+    def _update_own_weights(self, gen: Generation, record: UpdateRecord, fitness: np.ndarray, started: float,
+                            closed: float | None = None) -> None:
+        """Applies a logged record to the optimizer's weights, writes a checkpoint when one is
+        due and the generation's row. `closed`: when the generation's leases for the next one
+        went out, which ends its time (None: it ends with this update)."""
+        own = self.clock()
+        norm = self.updater.apply(record.noise_epoch, record.lr, fitness)
+        weights = fingerprint(self.targets)
+        every = self.cfg.train.checkpoint_every
+        checkpoint = None
+        if every and (gen.number + 1) % every == 0:
+            checkpoint = write_checkpoint(self.checkpoint_dir, gen.number + 1, self.updater.state_dict(),
+                                          self.updater.steps, self.cfg.train.checkpoints_kept)
+        with self._lock:
+            if self.finished.is_set():  # the run failed meanwhile; its files are closed
+                return
+            self._weights_fingerprint = weights
+            self.checkpoint = checkpoint or self.checkpoint
+            now = self.clock()
+            if closed is None:
+                self._record(gen.stats(now, norm, now - started))
+            else:
+                self._unrecorded_seconds = 0.0  # counted in the row from now on
+                self._record(gen.stats(closed, norm, closed - started, overlapped=now - own))
+
+    def _update_beside(self, gen: Generation, record: UpdateRecord, fitness: np.ndarray, started: float,
+                       closed: float) -> None:
+        """The optimizer's own update while the next generation runs; a failure (a full disk at the
+        checkpoint) ends the run as it would have on the critical path."""
+        try:
+            failpoint("own_update", gen.number)
+            self._update_own_weights(gen, record, fitness, started, closed)
+        except Exception as err:  # no RPC to carry it: the run stops, keeping what is durable
+            if not isinstance(err, RunFilesError):
+                log.exception("the optimizer's own update of generation %d failed", gen.number)
+            with self._lock:
+                self._fail(f"generation {gen.number}: {err}")
+        finally:
+            with self._lock:
+                self.weights_ready.set()
+                self.changed.notify_all()
 
     def _budget_spent(self) -> float:
         """The share of the training budget spent: of its generations or of its training time (this
@@ -373,14 +439,15 @@ class Coordinator:
         tr = self.cfg.train
         spent = self.generation / tr.generations
         if tr.time_budget_seconds > 0:
-            spent = max(spent, sum(s.seconds for s in self.history) / tr.time_budget_seconds)
+            seconds = sum(s.seconds for s in self.history) + self._unrecorded_seconds
+            spent = max(spent, seconds / tr.time_budget_seconds)
         return spent
 
     def _training_over(self) -> bool:
         return self.control.stop_requested or self._budget_spent() >= 1.0
 
     def _record(self, stats: GenerationStats) -> None:
-        self.metrics.append(stats, final=self.training_done)
+        self.metrics.append(stats)
         self.changed.notify_all()
         self.on_generation(stats)
 
@@ -460,9 +527,23 @@ class Coordinator:
         self.control = control
         self.changed.notify_all()
 
+    def _settled(self) -> None:
+        """Waits (the lock held) until the weights include every announced record and the row
+        of each closed generation is written: the optimizer's own update may run beside the
+        next generation for a moment."""
+        self.changed.wait_for(self.weights_ready.is_set)
+
+    @property
+    def weights_fingerprint(self) -> str:
+        """The fingerprint of the optimizer's weights with every announced record applied."""
+        with self._lock:
+            self._settled()
+            return self._weights_fingerprint
+
     def rows_since(self, generation: int) -> list[GenerationStats]:
         """The metrics rows of `generation` and later, as metrics.jsonl holds them."""
         with self._lock:
+            self._settled()
             return self.history[generation:]
 
     # -- for the servicer ------------------------------------------------------------
@@ -485,6 +566,7 @@ class Coordinator:
 
     def status(self) -> pb.GetStatusResponse:
         with self._lock:
+            self._settled()
             now = self.clock()
             return pb.GetStatusResponse(
                 run_id=self.run_dir.name, generation=self.generation, total_generations=self.cfg.train.generations,

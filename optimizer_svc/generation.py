@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hatchery.core.drift import Drift
-from hatchery.core.run_metrics import OPTIMIZER_TIME_SPLIT, WORKER_TIME_SPLIT, GenerationStats
+from hatchery.core.run_metrics import OPTIMIZER_TIME_SPLIT, OVERLAPPED_TIME_SPLIT, WORKER_TIME_SPLIT, GenerationStats
 
 
 @dataclass(frozen=True)
@@ -77,14 +77,19 @@ class Generation:
         """The training prompts on which the members' rewards differ."""
         return [i for i, d in zip(self.prompt_indices, self._differs()) if d]
 
-    def stats(self, now: float, update_norm: float, optimizer_seconds: float) -> GenerationStats:
-        """The metrics row of a generation that trained."""
+    def stats(self, now: float, update_norm: float, optimizer_seconds: float,
+              overlapped: float | None = None) -> GenerationStats:
+        """The metrics row of a generation that trained; `overlapped`: the seconds of the
+        optimizer's own update that ran beside the next generation, off this one's clock."""
         r = self.rewards
         with np.errstate(over="ignore", invalid="ignore"):  # rewards near float's limit: inf, written as null
             mean, std = float(np.nanmean(r)), float(np.nanstd(r))
+        split = {**self.split, OPTIMIZER_TIME_SPLIT: optimizer_seconds}
+        if overlapped is not None:
+            split[OVERLAPPED_TIME_SPLIT] = overlapped
         return self._stats(now, mean, float(np.nanmax(r)), std, update_norm,
                            float(np.mean(self._differs())), int(np.sum(~np.isfinite(r))), self.spread_prompts(),
-                           {**self.split, OPTIMIZER_TIME_SPLIT: optimizer_seconds})
+                           split)
 
     def final_stats(self, now: float) -> GenerationStats:
         """The metrics row of the run's last generation: its held-out evaluation, no training."""

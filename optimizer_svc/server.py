@@ -167,7 +167,7 @@ WATCH_POLL_SECONDS = 1.0
 def run_event(stats: GenerationStats) -> pb.RunEvent:
     """A metrics row as WatchRun sends it: the row itself, and its held-out evaluation typed."""
     row = struct_pb2.Struct()
-    row.update(json.loads(stats.to_json(final=not stats.trained)))
+    row.update(json.loads(stats.to_json()))
     event = pb.RunEvent(generation=stats.generation, row=row)
     if stats.heldout_reward is not None:
         nan = float("nan")

@@ -24,21 +24,25 @@ def run_reference(cfg: RunConfig, run_dir: Path) -> Coordinator:
     start = prepare_start(cfg, run_dir).path
     coordinator = Coordinator(cfg, load_model(start, cfg.model.dtype), run_dir)
     evaluator = Evaluator(load_model(start, cfg.model.dtype), es_settings(cfg))
-    grader = builtin_graders()[cfg.grader or coordinator.task.grader]
     while True:
         work = coordinator.get_work("reference", evaluator.applied_generation)
         for record in work.updates:
             evaluator.apply(record)
         if work.finished:
             return coordinator
-        lease = work.lease
-        completions = evaluator.evaluate(lease)
-        prompts = list(lease.prompts) * (len(completions.texts) // len(lease.prompts))
-        scores = [to_proto(o) for o in grader.score([
-            reward_pb2.Sample(prompt=p.text, completion=c, reference=p.reference, metadata=p.metadata)
-            for c, p in zip(completions.texts, prompts)])]
-        reply = coordinator.report(pb.ReportResultRequest(
-            worker_id="reference", lease_id=lease.lease_id, generation=lease.generation,
-            rewards=[s.score for s in scores], statuses=[s.status for s in scores],
-            weights_fingerprint=evaluator.fingerprint(), generated_tokens=completions.new_tokens))
-        assert reply.accepted, reply.reason
+        report_lease(coordinator, evaluator, work.lease)
+
+
+def report_lease(coordinator: Coordinator, evaluator: Evaluator, lease: pb.Lease) -> None:
+    """Evaluates a lease, scores it with the run's built-in grader and reports it, as a worker does."""
+    grader = builtin_graders()[coordinator.cfg.grader or coordinator.task.grader]
+    completions = evaluator.evaluate(lease)
+    prompts = list(lease.prompts) * (len(completions.texts) // len(lease.prompts))
+    scores = [to_proto(o) for o in grader.score([
+        reward_pb2.Sample(prompt=p.text, completion=c, reference=p.reference, metadata=p.metadata)
+        for c, p in zip(completions.texts, prompts)])]
+    reply = coordinator.report(pb.ReportResultRequest(
+        worker_id="reference", lease_id=lease.lease_id, generation=lease.generation,
+        rewards=[s.score for s in scores], statuses=[s.status for s in scores],
+        weights_fingerprint=evaluator.fingerprint(), generated_tokens=completions.new_tokens))
+    assert reply.accepted, reply.reason

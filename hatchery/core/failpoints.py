@@ -5,8 +5,9 @@ the process kills itself with SIGKILL, as an OOM killer or a lost node would:
 no cleanup, no flush; with `:enospc` it raises the OSError a full disk gives
 instead. Unset (the default), a failpoint costs one lookup.
 
-Points: mid_generation, log_appended, checkpoint_written_not_renamed (the
-optimizer; the last one counts checkpoint generations), lease_received (a worker);
+Points: mid_generation, log_appended, own_update (its own update of a logged record,
+beside the next generation), checkpoint_written_not_renamed (the optimizer; the last
+one counts checkpoint generations), lease_received (a worker);
 and before each write of a run's file: log_append, metrics_append, checkpoint_write.
 """
 

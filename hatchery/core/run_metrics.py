@@ -17,9 +17,13 @@ from hatchery.core.failpoints import failpoint
 from hatchery.core.run_files import writing
 
 # Where a worker's time went, as it reports it (ReportResultRequest.<part>_seconds); the
-# optimizer adds "optimizer_update" for its own shaping, log append, update and checkpoint.
+# optimizer adds "optimizer_update" for what it did on the generation's critical path (shaping
+# and the log append; with train.overlap_update off, also its own update and checkpoint) and,
+# when its own update ran beside the next generation, "optimizer_update_overlapped": seconds
+# that are not part of the generation's wall time.
 WORKER_TIME_SPLIT = ("generate", "reward", "update", "noise")
 OPTIMIZER_TIME_SPLIT = "optimizer_update"
+OVERLAPPED_TIME_SPLIT = "optimizer_update_overlapped"
 
 
 @dataclass
@@ -58,10 +62,10 @@ class GenerationStats:
     def tokens_per_second(self) -> float:
         return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
 
-    def to_json(self, final: bool) -> str:
+    def to_json(self) -> str:
         """The row; NaN (nothing scored) and infinity (past float range) are written as null, as
-        JSON has neither."""
-        row = {**asdict(self), "tokens_per_second": self.tokens_per_second, "final": final}
+        JSON has neither. `final` marks the run's last row, its final evaluation."""
+        row = {**asdict(self), "tokens_per_second": self.tokens_per_second, "final": not self.trained}
         return json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()})
 
     @classmethod
@@ -95,10 +99,12 @@ def metrics_rows(path: str | Path) -> list[dict]:
 class MetricsLog:
     """The optimizer's writer of metrics.jsonl, one row per generation as it closes.
 
-    A generation's row is written last, after its update record and checkpoint and before the
-    generation is announced, so an update record without a row was never announced: opening
-    the log keeps the rows of the `logged` generations (dropping any of one that did not finish)
-    and the final evaluation's, and says in `history` which generations closed.
+    A generation's row is written last, after its update record, the optimizer's own update
+    and checkpoint, so a record without a row belongs to a generation that did not finish
+    (with train.overlap_update its record may have gone out with the next leases; the
+    optimizer reruns that generation and tells a worker that applied it to join again).
+    Opening the log keeps the rows of the `logged` generations (dropping any of one that did
+    not finish) and the final evaluation's, and says in `history` which generations closed.
     """
 
     def __init__(self, path: Path, logged: int):
@@ -108,14 +114,14 @@ class MetricsLog:
         self.history = [r for r in rows if r.generation < logged or (r.generation == logged and not r.trained)]
         tmp = path.with_suffix(".tmp")
         with writing(tmp):
-            tmp.write_text("".join(r.to_json(final=not r.trained) + "\n" for r in self.history), encoding="utf-8")
+            tmp.write_text("".join(r.to_json() + "\n" for r in self.history), encoding="utf-8")
             os.replace(tmp, path)
             self._file = open(path, "a", encoding="utf-8")
 
-    def append(self, stats: GenerationStats, final: bool) -> None:
+    def append(self, stats: GenerationStats) -> None:
         with writing(self.path):
             failpoint("metrics_append", stats.generation)
-            self._file.write(stats.to_json(final) + "\n")
+            self._file.write(stats.to_json() + "\n")
             self._file.flush()
         self.history.append(stats)
 

@@ -226,16 +226,18 @@ class GetWorkRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., applied_generation: _Optional[int] = ...) -> None: ...
 
 class GetWorkResponse(_message.Message):
-    __slots__ = ("updates", "lease", "retry_after_seconds", "finished")
+    __slots__ = ("updates", "lease", "retry_after_seconds", "finished", "resync")
     UPDATES_FIELD_NUMBER: _ClassVar[int]
     LEASE_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
+    RESYNC_FIELD_NUMBER: _ClassVar[int]
     updates: _containers.RepeatedCompositeFieldContainer[UpdateRecord]
     lease: Lease
     retry_after_seconds: float
     finished: bool
-    def __init__(self, updates: _Optional[_Iterable[_Union[UpdateRecord, _Mapping]]] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ..., retry_after_seconds: _Optional[float] = ..., finished: _Optional[bool] = ...) -> None: ...
+    resync: bool
+    def __init__(self, updates: _Optional[_Iterable[_Union[UpdateRecord, _Mapping]]] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ..., retry_after_seconds: _Optional[float] = ..., finished: _Optional[bool] = ..., resync: _Optional[bool] = ...) -> None: ...
 
 class UpdateRecord(_message.Message):
     __slots__ = ("generation", "noise_epoch", "lr", "sigma", "fitness")

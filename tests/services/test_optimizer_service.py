@@ -338,7 +338,7 @@ def test_pause_holds_every_lease_and_keeps_paused_time_off_the_clock(optimizer):
     second = stub.GetWork(pb.GetWorkRequest(worker_id="w1"), timeout=10).lease
     assert stub.ReportResult(_result(second, coordinator.weights_fingerprint), timeout=10).accepted
     assert coordinator.generation == 1
-    assert coordinator.history[0].seconds == 2.0  # the 90 paused seconds are not training time
+    assert coordinator.rows_since(0)[0].seconds == 2.0  # the 90 paused seconds are not training time
     assert stub.ResumeRun(pb.ResumeRunRequest(), timeout=10).state == pb.RUN_STATE_RUNNING  # not paused: no-op
 
 

@@ -33,8 +33,9 @@ def _config(model_dir, run_dir) -> dict:
             "task": {"name": "arith", "heldout_size": 8, "max_new_tokens": 6},
             # anchored Adam steps: the densest step rule, so every crash test replays the anchor too
             "es": {"population": 6, "rank": 2, "sigma": 0.05, "lr": 0.05, "optimizer": "adam", "anchor_decay": 2.0},
-            # spread selection depends on what earlier generations observed: a resume must rebuild it
-            "train": {"generations": GENERATIONS, "prompts_per_member": 2, "eval_every": 3,
+            # spread selection depends on what earlier generations observed: a resume must rebuild it;
+            # the optimizer's own update runs beside the next generation, so crashes land between too
+            "train": {"generations": GENERATIONS, "prompts_per_member": 2, "eval_every": 3, "overlap_update": True,
                       "prompt_selection": "spread", "members_per_lease": 2, "checkpoint_every": 2,
                       "checkpoints_kept": 2,
                       "lease_timeout_seconds": 5}}
@@ -67,7 +68,10 @@ def _assert_same_run(run_dir, reference_dir):
     assert ours.read_bytes() == theirs.read_bytes(), "final weights must be byte-identical"
 
 
-@pytest.mark.parametrize("point", ["mid_generation:3", "log_appended:3", "checkpoint_written_not_renamed:4"])
+# own_update: the record is durable and went out with the next generation's lease, the
+# optimizer's own update (beside that generation) has not finished
+@pytest.mark.parametrize("point", ["mid_generation:3", "log_appended:3", "own_update:3",
+                                   "checkpoint_written_not_renamed:4"])
 def test_sigkill_then_resume_ends_with_identical_weights(point, tiny_llama_dir, tmp_path, uninterrupted):
     config_path, run_dir = _write_config(tmp_path, tiny_llama_dir)
     crashed = _hatchery(["run", str(config_path)], env={**os.environ, "HATCHERY_FAILPOINT": point})

@@ -62,7 +62,8 @@ def test_reward_bench_measures_grpc_against_in_process_side_by_side():
 def test_breakdown_splits_a_runs_wall_time_into_what_the_services_reported(tiny_llama_dir, tmp_path):
     cfg = parse_config({"run_dir": str(tmp_path / "run"), "model": {"source": str(tiny_llama_dir)},
                         "grader": "length", "task": {"heldout_size": 4, "max_new_tokens": 4},
-                        "es": {"population": 4}, "train": {"generations": 3, "prompts_per_member": 2}})
+                        "es": {"population": 4}, "train": {"generations": 3, "prompts_per_member": 2,
+                                                           "overlap_update": True}})
     with loopback_run(cfg) as (coordinator, worker, _):
         run_to_end(coordinator, worker)
     report = time_breakdown(tmp_path / "run")
@@ -71,6 +72,8 @@ def test_breakdown_splits_a_runs_wall_time_into_what_the_services_reported(tiny_
     seconds = report["seconds"]
     assert all(seconds[part] > 0 for part in ("generate", "reward", "noise", "optimizer_update"))
     assert seconds["rpc_and_waiting"] >= 0  # one worker: its parts fit inside the wall time
+    # the optimizer's own update ran beside the next generation: reported, in no generation's wall time
+    assert report["overlapped"]["optimizer_update_overlapped"] > 0
     assert sum(report["fraction_of_wall"].values()) == pytest.approx(1.0)
 
 

@@ -10,7 +10,7 @@ from hatchery.core.update_log import UpdateLog, UpdateRecord
 
 
 def _row(generation: int) -> str:
-    return GenerationStats(generation, 0.5, 1.0, 0.1, None, 2.0, 10, 0.3, 0.5).to_json(final=False) + "\n"
+    return GenerationStats(generation, 0.5, 1.0, 0.1, None, 2.0, 10, 0.3, 0.5).to_json() + "\n"
 
 
 def test_a_torn_last_metrics_row_is_left_out_and_a_corrupt_one_refused(tmp_path):
