@@ -135,10 +135,10 @@ class EsUpdater:
             w = self.master[t.name]
             if plain_sgd:  # the step is low rank (and the anchor's pull): added in place, never formed
                 factors = gradient_factors(t, self.seed, epoch, self.rank, fitness)
+                if factors is None and not self.rule.anchor_decay:
+                    continue  # nothing moves this matrix
                 if self.rule.anchor_decay:
                     norm_sq += self._pull_to_start(t.name, lr, factors)
-                elif factors is None:
-                    continue
                 if factors is not None:
                     g, b = factors
                     w.addmm_(g, b.t(), alpha=lr)
