@@ -419,8 +419,13 @@ class Coordinator:
     def _update_beside(self, gen: Generation, record: UpdateRecord, fitness: np.ndarray, started: float,
                        closed: float) -> None:
         """The optimizer's own update while the next generation runs; a failure (a full disk at the
-        checkpoint) ends the run as it would have on the critical path."""
+        checkpoint) ends the run as it would have on the critical path.
+
+        It first yields the cores for as long as a worker last took to apply a record: a worker
+        on this machine applies the same record now, and that update is on the critical path,
+        while this one is needed only when the next generation's first result comes in."""
         try:
+            self.finished.wait(gen.longest_update)
             failpoint("own_update", gen.number)
             self._update_own_weights(gen, record, fitness, started, closed)
         except Exception as err:  # no RPC to carry it: the run stops, keeping what is durable

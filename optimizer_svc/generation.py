@@ -47,6 +47,7 @@ class Generation:
     tokens: int = 0
     split: dict[str, float] = field(default_factory=lambda: dict.fromkeys(WORKER_TIME_SPLIT, 0.0))
     parts: dict[str, list[float]] = field(default_factory=dict)  # sub-score name -> [sum, count]
+    longest_update: float = 0.0  # the most seconds a worker spent applying records before one of its leases
 
     def __post_init__(self) -> None:
         self.rewards = np.full((self.population, 0), np.nan)
@@ -63,6 +64,7 @@ class Generation:
         self.tokens += tokens
         for part in WORKER_TIME_SPLIT:
             self.split[part] += split[part]
+        self.longest_update = max(self.longest_update, split["update"])
         for name, (total, count) in sub_scores.items():
             acc = self.parts.setdefault(name, [0.0, 0])
             acc[0] += total
