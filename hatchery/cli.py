@@ -171,6 +171,8 @@ def _bench_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batches", default="8,32,128", help="rows per batch: members x prompts per member")
     p.add_argument("--prompts-per-member", default="1,4", help="comma-separated; 4 is a run's default")
     p.add_argument("--ranks", default="1,2,4,8")
+    p.add_argument("--lora-ranks", default="8,16", help="adapter ranks of a LoRA-space population (es.space: lora); "
+                                                       "empty: none")
     p.add_argument("--naive-populations", default="8,16,32,64",
                    help="populations at which naive full-rank ES is compared with EGGROLL (lowest rank)")
     p.add_argument("--new-tokens", type=int, default=32)
@@ -243,7 +245,8 @@ def _export_flags(p: argparse.ArgumentParser) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--rank", type=int, default=None, help="peft-lora: this rank for every matrix")
     size.add_argument("--energy", type=float, default=None,
-                      help="peft-lora: per matrix, the smallest rank keeping this share of the change's energy")
+                      help="peft-lora: per matrix, the smallest rank keeping this share of the change's energy "
+                           "(default 0.99); a lora-space run's adapter is written as it is, without either")
 
 
 def _eval_flags(p: argparse.ArgumentParser) -> None:
@@ -457,7 +460,8 @@ def _bench(args: argparse.Namespace, tls: Any) -> int:
 
     report = run_bench(args.models.split(","), args.dtypes.split(","), _ints(args.batches), _ints(args.ranks),
                        _ints(args.naive_populations), args.new_tokens, args.repeats, args.naive_repeats,
-                       _ints(args.prompts_per_member), args.device, args.tokenizer)
+                       _ints(args.prompts_per_member), args.device, args.tokenizer,
+                       _ints(args.lora_ranks) if args.lora_ranks else ())
     if args.plots:
         plot_bench(report, Path(args.plots))
     return _print_json(report, args.out)
@@ -530,8 +534,7 @@ def _export(args: argparse.Namespace, tls: Any) -> int:
         if args.format == "hf":
             report = export_hf(args.run_dir, args.out, args.generation)
         else:
-            report = export_peft_lora(args.run_dir, args.out, args.generation, args.rank,
-                                      args.energy if args.rank is not None or args.energy is not None else 0.99)
+            report = export_peft_lora(args.run_dir, args.out, args.generation, args.rank, args.energy)
     except (ValueError, OSError) as err:
         print(f"hatchery export: {err}", file=sys.stderr)
         return 2

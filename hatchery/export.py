@@ -23,7 +23,8 @@ from hatchery.core.model import LoadedModel, load_model
 from hatchery.core.start import recorded_start
 from hatchery.core.update_log import read_log
 from hatchery.es import EsUpdater, find_targets
-from hatchery.service.settings import step_rule
+from hatchery.es.lora import LoraUpdater
+from hatchery.service.settings import make_updater
 
 
 @dataclass
@@ -32,6 +33,7 @@ class RunWeights:
     start: dict  # start.json: base, adapter and the model training started from, with hashes
     generation: int
     lm: LoadedModel
+    updater: EsUpdater | LoraUpdater  # replayed to `generation`
 
     @property
     def base_path(self) -> Path:
@@ -47,9 +49,9 @@ def weights_at(run_dir: str | Path, generation: int | None = None) -> RunWeights
     records = read_log(run_dir / "updates.jsonl")
     generation = len(records) if generation is None else generation
     targets = find_targets(lm.model, cfg.es.target_modules, cfg.es.exclude_modules)
-    replay(EsUpdater(targets, cfg.es.seed, cfg.es.rank, step_rule(cfg.es)), run_dir / "checkpoints",
-           records, generation)
-    return RunWeights(cfg, start, generation, lm)
+    updater = make_updater(targets, cfg.es)
+    replay(updater, run_dir / "checkpoints", records, generation)
+    return RunWeights(cfg, start, generation, lm, updater)
 
 
 def _provenance(weights: RunWeights, run_dir: Path) -> dict:
@@ -89,11 +91,21 @@ def truncated(delta: torch.Tensor, rank: int | None, energy: float | None) -> tu
 
 def export_peft_lora(run_dir: str | Path, out: str | Path, generation: int | None = None, rank: int | None = None,
                      energy: float | None = None) -> dict:
-    """A PEFT LoRA adapter (adapter_config.json, adapter_model.safetensors) over the base
-    model whose merged weights are the run's weights up to the truncation; scaling is 1
-    (alpha = rank). A run started from base + adapter exports both changes in one adapter."""
-    if (rank is None) == (energy is None):
-        raise ValueError("give exactly one of rank and energy")
+    """A PEFT LoRA adapter (adapter_config.json, adapter_model.safetensors) over the base model.
+
+    A lora-space run's adapter is written as it is (rank and energy do not apply). A
+    weights-space run's change is cut to `rank` per matrix, or to the smallest rank keeping
+    `energy` of it (default 0.99), with scaling 1 (alpha = rank); a run started from base +
+    adapter exports both changes in one adapter."""
+    if resumed_config(run_dir).es.space == "lora":
+        if rank is not None or energy is not None:
+            raise ValueError("a lora-space run exports its adapter as it is (rank es.lora_rank): "
+                             "leave out rank and energy")
+        return _export_run_adapter(weights_at(run_dir, generation), Path(run_dir), Path(out))
+    if rank is not None and energy is not None:
+        raise ValueError("give at most one of rank and energy")
+    if rank is None and energy is None:
+        energy = 0.99
     if rank is not None and rank < 1:
         raise ValueError(f"rank must be >= 1, got {rank}")
     if energy is not None and not 0 < energy <= 1:
@@ -119,20 +131,43 @@ def export_peft_lora(run_dir: str | Path, out: str | Path, generation: int | Non
         raise ValueError("the weights at this generation equal the base model's: nothing to export")
     top = max(ranks.values())
     pattern = {re.escape(module): r for module, r in ranks.items()}  # peft reads these keys as regexes
-    adapter = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(weights.base_path),
-        "r": top, "lora_alpha": top, "rank_pattern": pattern, "alpha_pattern": pattern,
-        "target_modules": sorted(ranks), "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": transposed,
-        "inference_mode": True, "use_rslora": False, "init_lora_weights": True,
-    }
+    shape = {"r": top, "lora_alpha": top, "rank_pattern": pattern, "alpha_pattern": pattern,
+             "target_modules": sorted(ranks), "fan_in_fan_out": transposed}
+    kept_energy = sum(m["energy_kept"] * m["energy"] for m in matrices.values())
+    return _write_adapter(out, weights, Path(run_dir), shape, tensors, {
+        "rank": rank, "energy": energy, "energy_kept": kept_energy / sum(m["energy"] for m in matrices.values()),
+        "matrices": matrices})
+
+
+def _export_run_adapter(weights: RunWeights, run_dir: Path, out: Path) -> dict:
+    """The adapter a lora-space run trained, exactly: its A and B, rank and alpha."""
+    updater = weights.updater
+    assert isinstance(updater, LoraUpdater)
+    tensors = {}
+    for t in updater.targets:
+        module = t.name.removesuffix(".weight")
+        for part, tensor in updater.adapter[t.name].items():
+            tensors[f"base_model.model.{module}.{part}.weight"] = tensor.contiguous()
+    es = weights.cfg.es
+    shape = {"r": es.lora_rank, "lora_alpha": es.lora_alpha,
+             "target_modules": sorted(t.name.removesuffix(".weight") for t in updater.targets),
+             "fan_in_fan_out": any(t.transposed for t in updater.targets)}
+    return _write_adapter(out, weights, run_dir, shape, tensors, {"rank": es.lora_rank, "energy_kept": 1.0})
+
+
+def _write_adapter(out: str | Path, weights: RunWeights, run_dir: Path, shape: dict, tensors: dict,
+                   report: dict) -> dict:
+    """adapter_config.json (PEFT's LORA over the base model, `shape` its rank and targets),
+    adapter_model.safetensors and hatchery-export.json; returns the report."""
+    adapter = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(weights.base_path),
+               **shape, "lora_dropout": 0.0, "bias": "none", "inference_mode": True, "use_rslora": False,
+               "init_lora_weights": True}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "adapter_config.json").write_text(json.dumps(adapter, indent=2) + "\n")
     save_file(tensors, str(out / "adapter_model.safetensors"))
-    kept_energy = sum(m["energy_kept"] * m["energy"] for m in matrices.values())
-    report = {"format": "peft-lora", **_provenance(weights, Path(run_dir)), "rank": rank, "energy": energy,
-              "energy_kept": kept_energy / sum(m["energy"] for m in matrices.values()),
-              "adapter_bytes": (out / "adapter_model.safetensors").stat().st_size, "matrices": matrices}
+    report = {"format": "peft-lora", **_provenance(weights, run_dir), **report,
+              "adapter_bytes": (out / "adapter_model.safetensors").stat().st_size}
     (out / "hatchery-export.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 

@@ -9,9 +9,9 @@ import torch
 
 from hatchery.core.model import Completions, LoadedModel, RowGroups, fingerprint, generate
 from hatchery.core.stop_rules import stop_rule
-from hatchery.es import EsUpdater, NoiseKey, PopulationNoise, find_targets, perturbed
+from hatchery.es import NoiseKey, PopulationNoise, find_targets
 from hatchery.service.prompts import model_input
-from hatchery.service.settings import step_rule
+from hatchery.service.settings import make_updater
 from hatchery.v1 import optimizer_pb2 as pb
 from inference_svc.factors import Factors
 
@@ -23,7 +23,7 @@ class Evaluator:
     def __init__(self, lm: LoadedModel, es: pb.EsSettings):
         self.lm, self.es = lm, es
         self.targets = find_targets(lm.model, list(es.target_modules), list(es.exclude_modules))
-        self.updater = EsUpdater(self.targets, es.seed, es.rank, step_rule(es))
+        self.updater = make_updater(self.targets, es)
         self.applied_generation = 0
         self.noise_seconds = 0.0  # building (or waiting for) the last lease's factors; 0 when reused
         self.factors = Factors(self.targets)
@@ -44,7 +44,7 @@ class Evaluator:
         return fingerprint(self.targets)
 
     def _key(self, generation: int) -> NoiseKey:
-        return NoiseKey(self.es.seed, generation // self.es.noise_reuse, self.es.rank)
+        return NoiseKey(self.es.seed, generation // self.es.noise_reuse, self.updater.rank)
 
     def _population_noise(self, generation: int, pairs: list[int]) -> PopulationNoise:
         """Noise for the lease's pairs; the next generation's (the same pairs) is built ahead."""
@@ -70,7 +70,7 @@ class Evaluator:
         noise = self._population_noise(lease.generation, sorted({m // 2 for m in members}))
 
         def as_members(rows_per_member: int):  # row b of a batch runs member b // rows_per_member
-            return perturbed(self.targets, noise, [m for m in members for _ in range(rows_per_member)], lease.sigma)
+            return self.updater.perturbed(noise, [m for m in members for _ in range(rows_per_member)], lease.sigma)
 
         return generate(self.lm, texts * len(members), *decoding, settled=settled,
                         groups=RowGroups(len(texts), as_members),

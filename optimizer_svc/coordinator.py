@@ -41,18 +41,10 @@ from hatchery.core.run_files import RunFilesError, writing
 from hatchery.core.run_metrics import WORKER_TIME_SPLIT, GenerationStats, MetricsLog
 from hatchery.core.tasks import Task, TaskPrompt
 from hatchery.core.update_log import UpdateLog, UpdateRecord
-from hatchery.es import (
-    EsUpdater,
-    NonFiniteUpdate,
-    check_update,
-    find_targets,
-    sampling_seed,
-    scheduled_lr,
-    shape_fitness,
-)
+from hatchery.es import NonFiniteUpdate, find_targets, sampling_seed, scheduled_lr, shape_fitness
 from hatchery.service.prompts import lease_prompt
 from hatchery.service.run_state import state_name
-from hatchery.service.settings import step_rule
+from hatchery.service.settings import make_updater
 from hatchery.v1 import optimizer_pb2 as pb
 from hatchery.v1 import reward_pb2
 from optimizer_svc.control import RunControl
@@ -95,7 +87,7 @@ class Coordinator:
         self.task: Task = run_task(cfg)
         self.max_new_tokens = cfg.task.max_new_tokens or self.task.max_new_tokens
         self.targets = find_targets(lm.model, cfg.es.target_modules, cfg.es.exclude_modules)
-        self.updater = EsUpdater(self.targets, cfg.es.seed, cfg.es.rank, step_rule(cfg.es))
+        self.updater = make_updater(self.targets, cfg.es)
         self.checkpoint_dir = run_dir / "checkpoints"
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / "updates.jsonl").exists():
@@ -363,7 +355,7 @@ class Coordinator:
         fitness = shape_fitness(gen.rewards, es.shaping, es.failed_samples)
         lr = scheduled_lr(es.lr, es.lr_schedule, self._budget_spent())
         try:  # before the record is durable: a refused update never reaches the log or any worker
-            check_update(lr, es.rank, fitness)
+            self.updater.check(lr, fitness)
         except NonFiniteUpdate as err:
             self._fail(f"generation {self.generation}: {err} (rewards {_range(gen.rewards)}, shaping {es.shaping})")
             return

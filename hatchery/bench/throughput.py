@@ -7,7 +7,8 @@ Two measurements, each on one model in one process, every row generating exactly
   as a worker lays out a lease) generated unperturbed and as an EGGROLL
   population, back to back in alternating order; the ratio is the median of the
   per-pair ratios, since on a shared machine the load drifts between pairs far
-  more than within one;
+  more than within one; the same for a population of LoRA adapters (es.space:
+  lora) at each of `lora_ranks`;
 - naive: a population evaluated as Qiu et al. and OpenES do it (each member's
   full-rank W + sigma E written into the weights in place, its prompts generated
   as one batch, the weights restored) against EGGROLL evaluating the same
@@ -21,6 +22,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -30,6 +32,7 @@ from hatchery.bench.openes import materialised_member
 from hatchery.core.model import DTYPES, EMBEDDED, LoadedModel, load_model, load_tokenizer, resolve_model
 from hatchery.core.tasks import arith
 from hatchery.es import NoiseKey, PopulationNoise, find_targets, perturbed
+from hatchery.es.lora import LoraUpdater
 
 SIGMA = 3e-3
 # Random weights in the shapes of Qwen2.5-0.5B and -1.5B (throughput needs no trained weights), for GPU runs.
@@ -92,8 +95,10 @@ class _Workload:
     def noise(self, rank: int) -> PopulationNoise:
         return PopulationNoise(self.targets, NoiseKey(seed=0, epoch=0, rank=rank), range(self.members // 2))
 
-    def eggroll(self, noise: PopulationNoise) -> None:
-        with perturbed(self.targets, noise, self.rows, SIGMA):
+    def eggroll(self, noise: PopulationNoise, adapter: LoraUpdater | None = None) -> None:
+        """The batch as a population: of perturbed weights, or of `adapter` perturbed."""
+        population = adapter.perturbed if adapter else partial(perturbed, self.targets)
+        with population(noise, self.rows, SIGMA):
             self.generate(self.batch)
 
     def naive(self) -> None:
@@ -139,16 +144,20 @@ def _alternating(first: Callable[[], object], second: Callable[[], object], repe
 
 
 @torch.inference_mode()
-def throughput_row(lm: LoadedModel, batch: int, prompts: int, rank: int, new_tokens: int, repeats: int) -> dict:
+def throughput_row(lm: LoadedModel, batch: int, prompts: int, rank: int, new_tokens: int, repeats: int,
+                   space: str = "weights") -> dict:
+    """`rank`: of each member's perturbation (weights space) or of the adapter (lora space, a
+    fresh one: its cost does not depend on its values)."""
     work = _Workload(lm, batch // prompts, prompts, new_tokens)
+    adapter = LoraUpdater(work.targets, 0, rank, 2.0 * rank) if space == "lora" else None
     noise_seconds = _timed(lambda: work.noise(rank))
     noise = work.noise(rank)
     work.generate(work.batch)  # warm-up
-    pairs = _alternating(lambda: work.generate(work.batch), lambda: work.eggroll(noise), repeats)
+    pairs = _alternating(lambda: work.generate(work.batch), lambda: work.eggroll(noise, adapter), repeats)
     plain, eggroll = [p for p, _ in pairs], [e for _, e in pairs]
     tokens = batch * new_tokens
     return {
-        "batch": batch, "prompts_per_member": prompts, "rank": rank, "new_tokens_per_row": new_tokens,
+        "space": space, "batch": batch, "prompts_per_member": prompts, "rank": rank, "new_tokens_per_row": new_tokens,
         "seconds": {"unperturbed": plain, "eggroll": eggroll},
         "tokens_per_second": {"unperturbed": tokens / statistics.median(plain),
                               "eggroll": tokens / statistics.median(eggroll)},
@@ -174,8 +183,10 @@ def naive_row(lm: LoadedModel, population: int, prompts: int, rank: int, new_tok
 
 def run_bench(models: Sequence[str], dtypes: Sequence[str], batches: Sequence[int], ranks: Sequence[int],
               naive_populations: Sequence[int], new_tokens: int, repeats: int, naive_repeats: int,
-              prompts_per_member: Sequence[int] = (1,), device: str = "cpu", tokenizer: str | None = None) -> dict:
-    """Every combination of model, dtype, prompts per member, batch and rank; batch = members x prompts."""
+              prompts_per_member: Sequence[int] = (1,), device: str = "cpu", tokenizer: str | None = None,
+              lora_ranks: Sequence[int] = ()) -> dict:
+    """Every combination of model, dtype, prompts per member, batch and rank (and lora rank);
+    batch = members x prompts."""
     for name in models:
         if name not in BENCH_MODELS:
             raise ValueError(f"unknown bench model {name!r}; choose from {list(BENCH_MODELS)}")
@@ -191,8 +202,9 @@ def run_bench(models: Sequence[str], dtypes: Sequence[str], batches: Sequence[in
             lm = _load(name, dtype, device, tokenizer)
             case = {"model": name, "dtype": dtype}
             for prompts in prompts_per_member:
-                throughput += [{**case, **throughput_row(lm, b, prompts, r, new_tokens, repeats)}
-                               for b in batches for r in ranks]
+                throughput += [{**case, **throughput_row(lm, b, prompts, r, new_tokens, repeats, space)}
+                               for space, space_ranks in (("weights", ranks), ("lora", lora_ranks))
+                               for b in batches for r in space_ranks]
                 naive += [{**case, **naive_row(lm, n, prompts, min(ranks), new_tokens, naive_repeats)}
                           for n in naive_populations]
     gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") else None
@@ -220,15 +232,17 @@ def plot_bench(report: dict, out_dir: Path) -> list[Path]:
             ax.set_visible(False)
         for ax, (model, dtype, prompts) in zip(axes.flat, cases):
             rows = [r for r in report["throughput"] if case(r) == (model, dtype, prompts)]
-            for rank in sorted({r["rank"] for r in rows}):
-                line = sorted((r["batch"], r["eggroll_over_unperturbed_throughput"]) for r in rows if r["rank"] == rank)
-                ax.plot(*zip(*line), "o-", label=f"rank {rank}")
+            for space, rank in sorted({(r.get("space", "weights"), r["rank"]) for r in rows}, reverse=True):
+                line = sorted((r["batch"], r["eggroll_over_unperturbed_throughput"]) for r in rows
+                              if (r.get("space", "weights"), r["rank"]) == (space, rank))
+                ax.plot(*zip(*line), "o-" if space == "weights" else "s--",
+                        label=f"rank {rank}" if space == "weights" else f"LoRA rank {rank}")
             ax.axhline(0.95, color="grey", linestyle="--", linewidth=1)
             ax.set_xscale("log", base=2)
             ax.set_ylim(0.6, 1.15)
             ax.set_title(f"{model} {dtype}, {prompts} prompt(s) per member", fontsize=9)
             ax.set_xlabel("batch (rows)")
-            ax.set_ylabel("EGGROLL / unperturbed throughput")
+            ax.set_ylabel("perturbed / unperturbed throughput")
             ax.grid(alpha=0.3)
             ax.legend()
         fig.tight_layout()

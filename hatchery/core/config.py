@@ -21,6 +21,7 @@ from hatchery.core.model import DTYPES, EMBEDDED, check_temperature, is_hub_snap
 from hatchery.core.prompt_schedule import SELECTIONS
 from hatchery.core.schema import ConfigError, check, from_dict
 from hatchery.core.tasks import TASKS
+from hatchery.es.lora import SPACES
 from hatchery.es.shaping import FailedSamples, Shaping
 from hatchery.es.update import LR_SCHEDULES, OPTIMIZERS, StepRule
 
@@ -61,7 +62,12 @@ class EsConfig(StepRule):
 
     seed: int = 0
     population: int = 16
-    rank: int = 1
+    rank: int = 1  # weights space: rank r of each member's perturbation A B^T
+    # "weights": members perturb the target matrices; "lora": the trainable state is a LoRA
+    # adapter over them (hatchery.es.lora), which members perturb and the step moves
+    space: str = "weights"
+    lora_rank: int = 8  # lora space: the adapter's rank
+    lora_alpha: float = 16.0  # lora space: the adapter adds (lora_alpha / lora_rank) B A
     sigma: float = 1.2e-2
     lr: float = 1.2e-2  # absorbs 1/sigma, as in the ES papers
     lr_schedule: str = "constant"  # or "linear": decays to 0 at the end of the training budget
@@ -169,6 +175,15 @@ def validate(cfg: RunConfig) -> RunConfig:
     check(es.population >= 2 and es.population % 2 == 0, "es.population",
            "must be an even number >= 2 (antithetic pairs)", es.population)
     check(1 <= es.rank <= 64, "es.rank", "must be between 1 and 64", es.rank)
+    check(es.space in SPACES, "es.space", f"must be one of {', '.join(SPACES)}", es.space)
+    check(1 <= es.lora_rank <= 256, "es.lora_rank", "must be between 1 and 256", es.lora_rank)
+    check(es.lora_alpha > 0, "es.lora_alpha", "must be > 0", es.lora_alpha)
+    check(es.space == "weights" or not cfg.model.adapter, "model.adapter",
+          "cannot start a lora-space run yet (training a start adapter on in LoRA space is not built); "
+          "with es.space: weights the adapter is merged into the start model", cfg.model.adapter)
+    check(es.space == "weights" or not es.anchor_decay, "es.anchor_decay",
+          "is a weights-space step; in lora space es.weight_decay pulls the adapter toward zero, the start model",
+          es.anchor_decay)
     check(es.sigma > 0, "es.sigma", "must be > 0", es.sigma)
     check(es.lr > 0, "es.lr", "must be > 0", es.lr)
     check(es.lr_schedule in LR_SCHEDULES, "es.lr_schedule", f"must be one of {list(LR_SCHEDULES)}", es.lr_schedule)

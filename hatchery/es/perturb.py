@@ -103,10 +103,6 @@ def perturbed(targets: Sequence[Target], noise: PopulationNoise, members: Sequen
     Batches must keep the row order of `members` (true for greedy and sampled
     `generate()`; expand the map yourself for num_return_sequences or beams).
     """
-    replaced = [t.name.removesuffix(".weight") for t in targets if "forward" in t.module.__dict__]
-    if replaced:  # perturbing would bypass it, and it would be lost on exit
-        raise RuntimeError(f"{replaced[0]}: its forward is already replaced (accelerate's offloading hooks, "
-                           "or an enclosing perturbed()); perturbed() swaps in its own")
     w = targets[0].weight
     slots, scales = row_layout(members, noise, sigma, w.device, noise.dtype)
     rows = len(members)
@@ -141,8 +137,21 @@ def perturbed(targets: Sequence[Target], noise: PopulationNoise, members: Sequen
 
         return forward
 
+    with swapped_forwards(targets, make_forward):
+        yield
+
+
+@contextlib.contextmanager
+def swapped_forwards(targets: Sequence[Target],
+                     make_forward: Callable[[Target], Callable[[torch.Tensor], torch.Tensor]]) -> Iterator[None]:
+    """While active, each target's layer runs make_forward(target) instead of its own forward."""
+    replaced = [t.name.removesuffix(".weight") for t in targets if "forward" in t.module.__dict__]
+    if replaced:  # perturbing would bypass it, and it would be lost on exit
+        raise RuntimeError(f"{replaced[0]}: its forward is already replaced (accelerate's offloading hooks, "
+                           "or an enclosing perturbation); a perturbation swaps in its own")
+    forwards = {t.name: make_forward(t) for t in targets}
     for t in targets:  # an instance attribute shadows the class's forward until deleted
-        t.module.forward = make_forward(t)
+        t.module.forward = forwards[t.name]
     try:
         yield
     finally:

@@ -13,6 +13,7 @@ record and the start model only, so it replays identically on every worker.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from hatchery.es.noise import low_rank_factors, rank_scale
+from hatchery.es.perturb import PopulationNoise, perturbed
 from hatchery.es.targets import Target
 
 LR_SCHEDULES = ("constant", "linear")
@@ -93,17 +95,58 @@ class NonFiniteUpdate(ValueError):
 
 
 def check_update(lr: float, rank: int, fitness: Sequence[float]) -> None:
+    """NonFiniteUpdate unless every entry of a weights-space step is finite and at most
+    MAX_STEP_ENTRY: a pair's noise A B^T / sqrt(r) has entries of at most r MAX_NOISE^2 / sqrt(r)."""
+    check_step_bound(lr, fitness, rank * MAX_NOISE**2 * rank_scale(rank))
+
+
+def check_step_bound(lr: float, fitness: Sequence[float], noise_bound: float) -> None:
     """NonFiniteUpdate unless every entry of the step is finite and at most MAX_STEP_ENTRY, from a
-    bound that needs no noise: |step| <= lr sum_k |f_2k - f_2k+1| r MAX_NOISE^2 / (sqrt(r) N)."""
+    bound that needs no noise: |step| <= lr sum_k |f_2k - f_2k+1| noise_bound / N, where
+    noise_bound bounds the entries of one pair's noise."""
     f = np.asarray(fitness, dtype=np.float64)
     if not np.isfinite(f).all() or not math.isfinite(lr):
         bad = next((float(x) for x in f if not math.isfinite(x)), lr)
         raise NonFiniteUpdate(f"refusing an update that would not leave the weights finite: it holds {bad}")
     with np.errstate(over="ignore"):
-        bound = abs(lr) * float(np.abs(f[0::2] - f[1::2]).sum()) * rank * MAX_NOISE**2 * rank_scale(rank) / len(f)
+        bound = abs(lr) * float(np.abs(f[0::2] - f[1::2]).sum()) * noise_bound / len(f)
     if not bound <= MAX_STEP_ENTRY:
         raise NonFiniteUpdate(f"refusing an update whose entries could reach {bound:.3g} (lr {lr:g}): "
                               "the weights would not stay finite")
+
+
+def rule_step(rule: StepRule, moments: dict[str, dict[str, torch.Tensor]], steps: int, name: str,
+              grad: torch.Tensor, lr: float) -> torch.Tensor:
+    """The step `rule` takes along the ES gradient `grad` of tensor `name` at step number `steps`
+    (from 1), updating that tensor's moments (kind -> name -> tensor) in place."""
+    if rule.optimizer == "sgd":
+        return lr * grad
+    if rule.optimizer == "momentum":  # a bias-corrected average: the first step is SGD's
+        m = moments["momentum"].setdefault(name, torch.zeros_like(grad))
+        m.mul_(rule.momentum).add_(grad, alpha=1 - rule.momentum)
+        return lr * m / (1 - rule.momentum ** steps)
+    m = moments["adam_m"].setdefault(name, torch.zeros_like(grad))
+    v = moments["adam_v"].setdefault(name, torch.zeros_like(grad))
+    m.mul_(rule.adam_beta1).add_(grad, alpha=1 - rule.adam_beta1)
+    v.mul_(rule.adam_beta2).addcmul_(grad, grad, value=1 - rule.adam_beta2)
+    m_hat = m / (1 - rule.adam_beta1 ** steps)
+    v_hat = v / (1 - rule.adam_beta2 ** steps)
+    return lr * m_hat / (v_hat.sqrt() + rule.adam_eps)
+
+
+def no_moments() -> dict[str, dict[str, torch.Tensor]]:
+    return {kind: {} for kind in _MOMENTS}
+
+
+def moments_state(moments: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The moments as state_dict entries, "<kind>/<tensor name>"."""
+    return {f"{kind}/{n}": m for kind, of_kind in moments.items() for n, m in of_kind.items()}
+
+
+def moments_from_state(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """The moments a moments_state() put in a state_dict (copies: the state stays the caller's)."""
+    return {kind: {k.removeprefix(f"{kind}/"): v.clone() for k, v in state.items() if k.startswith(f"{kind}/")}
+            for kind in _MOMENTS}
 
 
 class EsUpdater:
@@ -121,13 +164,22 @@ class EsUpdater:
         # bf16 model's anchor costs 2 bytes per perturbed weight, a float32 model's 4.
         self.anchor = {t.name: t.logical_weight().detach().cpu().clone() for t in self.targets} \
             if rule.anchor_decay else {}
-        self.moments: dict[str, dict[str, torch.Tensor]] = {kind: {} for kind in _MOMENTS}  # kind -> name -> t
+        self.moments = no_moments()
         self.steps = 0
+
+    def check(self, lr: float, fitness: Sequence[float]) -> None:
+        """NonFiniteUpdate for a step that would not leave the weights finite."""
+        check_update(lr, self.rank, fitness)
+
+    def perturbed(self, noise: PopulationNoise, members: Sequence[int | None],
+                  sigma: float) -> contextlib.AbstractContextManager[None]:
+        """Row b of every batch runs as member members[b] while the context is active."""
+        return perturbed(self.targets, noise, members, sigma)
 
     def apply(self, epoch: int, lr: float, fitness: Sequence[float]) -> float:
         """One step; returns the update's global L2 norm. NonFiniteUpdate (and nothing changed)
         for a step that would not leave the weights finite."""
-        check_update(lr, self.rank, fitness)
+        self.check(lr, fitness)
         self.steps += 1
         norm_sq = 0.0
         plain_sgd = self.rule.optimizer == "sgd" and not self.rule.weight_decay
@@ -144,7 +196,8 @@ class EsUpdater:
                     w.addmm_(g, b.t(), alpha=lr)
                     norm_sq += lr * lr * low_rank_norm_sq(g, b)
             else:
-                step = self._step(t.name, es_gradient(t, self.seed, epoch, self.rank, fitness), lr)
+                step = rule_step(self.rule, self.moments, self.steps, t.name,
+                                 es_gradient(t, self.seed, epoch, self.rank, fitness), lr)
                 if self.rule.weight_decay:
                     step = step - lr * self.rule.weight_decay * w
                 if self.rule.anchor_decay:
@@ -171,10 +224,7 @@ class EsUpdater:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """What a replay from here needs: float32 master weights and the optimizer's moments."""
-        state = {f"master/{n}": w.contiguous() for n, w in self.master.items()}
-        for kind, moments in self.moments.items():
-            state.update({f"{kind}/{n}": m for n, m in moments.items()})
-        return state
+        return {**{f"master/{n}": w.contiguous() for n, w in self.master.items()}, **moments_state(self.moments)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor], steps: int) -> None:
         """Restores a state_dict() taken after `steps` updates, weights included."""
@@ -185,8 +235,7 @@ class EsUpdater:
             w = self.master[t.name]
             w.copy_(state[f"master/{t.name}"])
             self._store(t)
-        self.moments = {kind: {k.removeprefix(f"{kind}/"): v.clone() for k, v in state.items()
-                               if k.startswith(f"{kind}/")} for kind in _MOMENTS}
+        self.moments = moments_from_state(state)
         self.steps = steps
 
     @staticmethod
@@ -202,19 +251,3 @@ class EsUpdater:
     def _master_of(self, t: Target) -> torch.Tensor:
         w = t.logical_weight()
         return w if self._aliased(t) else w.float().cpu().clone()
-
-    def _step(self, name: str, grad: torch.Tensor, lr: float) -> torch.Tensor:
-        r = self.rule
-        if r.optimizer == "sgd":
-            return lr * grad
-        if r.optimizer == "momentum":  # a bias-corrected average: the first step is SGD's
-            m = self.moments["momentum"].setdefault(name, torch.zeros_like(grad))
-            m.mul_(r.momentum).add_(grad, alpha=1 - r.momentum)
-            return lr * m / (1 - r.momentum ** self.steps)
-        m = self.moments["adam_m"].setdefault(name, torch.zeros_like(grad))
-        v = self.moments["adam_v"].setdefault(name, torch.zeros_like(grad))
-        m.mul_(r.adam_beta1).add_(grad, alpha=1 - r.adam_beta1)
-        v.mul_(r.adam_beta2).addcmul_(grad, grad, value=1 - r.adam_beta2)
-        m_hat = m / (1 - r.adam_beta1 ** self.steps)
-        v_hat = v / (1 - r.adam_beta2 ** self.steps)
-        return lr * m_hat / (v_hat.sqrt() + r.adam_eps)

@@ -186,7 +186,7 @@ class CheckpointChunk(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class EsSettings(_message.Message):
-    __slots__ = ("seed", "rank", "population", "noise_reuse", "target_modules", "exclude_modules", "optimizer", "adam_beta1", "adam_beta2", "adam_eps", "weight_decay", "dtype", "momentum", "anchor_decay")
+    __slots__ = ("seed", "rank", "population", "noise_reuse", "target_modules", "exclude_modules", "optimizer", "adam_beta1", "adam_beta2", "adam_eps", "weight_decay", "dtype", "momentum", "anchor_decay", "space", "lora_rank", "lora_alpha")
     SEED_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     POPULATION_FIELD_NUMBER: _ClassVar[int]
@@ -201,6 +201,9 @@ class EsSettings(_message.Message):
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     MOMENTUM_FIELD_NUMBER: _ClassVar[int]
     ANCHOR_DECAY_FIELD_NUMBER: _ClassVar[int]
+    SPACE_FIELD_NUMBER: _ClassVar[int]
+    LORA_RANK_FIELD_NUMBER: _ClassVar[int]
+    LORA_ALPHA_FIELD_NUMBER: _ClassVar[int]
     seed: int
     rank: int
     population: int
@@ -215,7 +218,10 @@ class EsSettings(_message.Message):
     dtype: str
     momentum: float
     anchor_decay: float
-    def __init__(self, seed: _Optional[int] = ..., rank: _Optional[int] = ..., population: _Optional[int] = ..., noise_reuse: _Optional[int] = ..., target_modules: _Optional[_Iterable[str]] = ..., exclude_modules: _Optional[_Iterable[str]] = ..., optimizer: _Optional[str] = ..., adam_beta1: _Optional[float] = ..., adam_beta2: _Optional[float] = ..., adam_eps: _Optional[float] = ..., weight_decay: _Optional[float] = ..., dtype: _Optional[str] = ..., momentum: _Optional[float] = ..., anchor_decay: _Optional[float] = ...) -> None: ...
+    space: str
+    lora_rank: int
+    lora_alpha: float
+    def __init__(self, seed: _Optional[int] = ..., rank: _Optional[int] = ..., population: _Optional[int] = ..., noise_reuse: _Optional[int] = ..., target_modules: _Optional[_Iterable[str]] = ..., exclude_modules: _Optional[_Iterable[str]] = ..., optimizer: _Optional[str] = ..., adam_beta1: _Optional[float] = ..., adam_beta2: _Optional[float] = ..., adam_eps: _Optional[float] = ..., weight_decay: _Optional[float] = ..., dtype: _Optional[str] = ..., momentum: _Optional[float] = ..., anchor_decay: _Optional[float] = ..., space: _Optional[str] = ..., lora_rank: _Optional[int] = ..., lora_alpha: _Optional[float] = ...) -> None: ...
 
 class GetWorkRequest(_message.Message):
     __slots__ = ("worker_id", "applied_generation")

@@ -76,7 +76,7 @@ def test_reduced_rank_reports_the_energy_it_keeps(run, tmp_path):
     by_energy = export_peft_lora(run_dir, tmp_path / "lora99", energy=0.99)
     assert by_energy["energy_kept"] >= 0.99
     assert all(m["energy_kept"] >= 0.99 for m in by_energy["matrices"].values())
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(ValueError, match="at most one"):
         export_peft_lora(run_dir, tmp_path / "x", rank=2, energy=0.9)
 
 

@@ -18,9 +18,10 @@ from hatchery.core.config import parse_config
 
 def test_bench_reports_each_ratio_from_its_own_timings(tmp_path):
     report = run_bench(["tiny"], ["float32"], batches=[4], ranks=[1, 2], naive_populations=[4], new_tokens=2,
-                       repeats=3, naive_repeats=1, prompts_per_member=[1, 2])
-    assert [(r["batch"], r["prompts_per_member"], r["rank"], r["model"]) for r in report["throughput"]] == [
-        (4, 1, 1, "tiny"), (4, 1, 2, "tiny"), (4, 2, 1, "tiny"), (4, 2, 2, "tiny")]
+                       repeats=3, naive_repeats=1, prompts_per_member=[1, 2], lora_ranks=[8])
+    assert [(r["space"], r["batch"], r["prompts_per_member"], r["rank"]) for r in report["throughput"]] == [
+        ("weights", 4, 1, 1), ("weights", 4, 1, 2), ("lora", 4, 1, 8),
+        ("weights", 4, 2, 1), ("weights", 4, 2, 2), ("lora", 4, 2, 8)]
     for row in report["throughput"]:
         plain, eggroll = row["seconds"]["unperturbed"], row["seconds"]["eggroll"]
         assert len(plain) == len(eggroll) == 3 and row["noise_seconds"] > 0
