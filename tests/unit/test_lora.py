@@ -218,12 +218,15 @@ def test_the_config_names_what_is_wrong_with_a_lora_space(tmp_path):
 
 
 def test_a_worker_refuses_a_space_it_does_not_know_and_reads_none_as_weights():
+    from hatchery.core.config import parse_config
     from hatchery.es import EsUpdater
-    from hatchery.service.settings import make_updater
-    from hatchery.v1 import optimizer_pb2 as pb
+    from hatchery.service.settings import es_settings, make_updater
 
     targets = find_targets(tiny.model("llama", len(tiny.tokenizer())))
-    assert isinstance(make_updater(targets, pb.EsSettings(rank=1)), EsUpdater)  # an older optimizer's settings
-    assert isinstance(make_updater(targets, pb.EsSettings(space="lora", lora_rank=4, lora_alpha=8)), LoraUpdater)
+    settings = es_settings(parse_config({"es": {"space": "lora", "lora_rank": 4}}))
+    assert isinstance(make_updater(targets, settings), LoraUpdater) and make_updater(targets, settings).rank == 4
+    settings.space = ""  # an older optimizer's settings
+    assert isinstance(make_updater(targets, settings), EsUpdater)
+    settings.space = "ortho"
     with pytest.raises(ValueError, match="'ortho' is not one this version knows"):
-        make_updater(targets, pb.EsSettings(space="ortho", rank=1))
+        make_updater(targets, settings)
