@@ -25,7 +25,7 @@ for run in "${RUN_LIST[@]}"; do
   dir="$RUNS/$when-seed$seed"
   rm -rf "$dir"
   printf 'run_dir: %s\nes:\n  seed: %s\n' "$dir" "$seed" > "$dir.yaml"
-  # until the measurements decide its default, "after" turns the overlap on by name
+  # "after" names the overlap (the default since these runs) so that it stays "after" if that changes
   [ "$when" = after ] && printf 'train:\n  overlap_update: true\n' >> "$dir.yaml"
   echo "== $when seed $seed: $(date -u +%H:%M:%S)"
   PYTHONPATH="$tree" "$PYTHON" -m hatchery.cli run "$dir.yaml" > "$dir.log" 2>&1

@@ -91,9 +91,8 @@ class TrainConfig:
     checkpoint_every: int = 10  # a checkpoint every this many generations; 0: none (resume replays the whole log)
     checkpoints_kept: int = 2
     # the optimizer hands out the next generation's leases once a record is durable and applies
-    # its own update (and checkpoint) beside that generation; false: before it (the same bytes).
-    # Off by default until measured (issue 27).
-    overlap_update: bool = False
+    # its own update (and checkpoint) beside that generation; false: before it (the same bytes)
+    overlap_update: bool = True
     drift: bool = True  # at each held-out evaluation, KL from the start model on general text (hatchery.core.drift)
     drift_probe: str = ""  # that text: a .jsonl of {"text"} rows or one passage per line; empty: built in
 
