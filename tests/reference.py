@@ -6,8 +6,11 @@ objects the services wrap; here they talk by direct calls.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from hatchery.core.checkpoint import latest_checkpoint, write_checkpoint
 from hatchery.core.config import RunConfig
 from hatchery.core.model import load_model
 from hatchery.core.start import prepare_start
@@ -46,3 +49,21 @@ def report_lease(coordinator: Coordinator, evaluator: Evaluator, lease: pb.Lease
         rewards=[s.score for s in scores], statuses=[s.status for s in scores],
         weights_fingerprint=evaluator.fingerprint(), generated_tokens=completions.new_tokens))
     assert reply.accepted, reply.reason
+
+
+def replay_twice_and_resume(worker: Callable[[], Any], fitness: list[list[float]], directory: Path,
+                            lr: float = 0.05) -> tuple[Any, Any, Any]:
+    """Two updaters from `worker()` replay the same records, and a third resumes from a
+    checkpoint the first wrote after two of them: (first, second, resumed), for a test to
+    compare their bytes."""
+    first, second = worker(), worker()
+    for epoch, f in enumerate(fitness):
+        first.apply(epoch, lr, f)
+        second.apply(epoch, lr, f)
+        if epoch == 1:
+            write_checkpoint(directory, 2, first.state_dict(), first.steps, keep=1)
+    resumed = worker()
+    resumed.load_state_dict(*latest_checkpoint(directory).load())
+    for epoch, f in list(enumerate(fitness))[2:]:
+        resumed.apply(epoch, lr, f)
+    return first, second, resumed

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from hatchery.es.noise import low_rank_factors, noise_seed, pair_sign
-from hatchery.es.perturb import PopulationNoise, pair_groups, swapped_forwards
+from hatchery.es.perturb import PopulationNoise, pair_groups, plus_layer_output, swapped_forwards
 from hatchery.es.targets import Target
 from hatchery.es.update import (
     MAX_NOISE,
@@ -192,11 +192,7 @@ def lora_perturbed(updater: LoraUpdater, noise: PopulationNoise, members: Sequen
             v = torch.bmm(xg, eps_a_t).view_as(u)  # x eps_A^T
             y = torch.bmm((linear * u + square * v).flatten(1, 2), eps_b_t)
             y.add_((linear * v).flatten(1, 2) @ b_t)
-            flat = y.to(w_t.dtype).view(-1, y.shape[-1])
-            if module.bias is not None:
-                flat.add_(module.bias)
-            flat.addmm_(x.reshape(-1, x.shape[-1]), w_t)
-            return flat.view(*x.shape[:-1], flat.shape[-1])
+            return plus_layer_output(y, x, module, w_t)
 
         return forward
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from hatchery.es.noise import low_rank_factors, pair_sign, rank_scale
 from hatchery.es.targets import Target
@@ -126,19 +127,25 @@ def perturbed(targets: Sequence[Target], noise: PopulationNoise, members: Sequen
         def forward(x: torch.Tensor) -> torch.Tensor:
             if x.shape[0] != rows:
                 raise RuntimeError(f"batch has {x.shape[0]} rows but the member map has {rows}")
-            # The correction first, then x W^T accumulated onto it by the matmul itself: an
-            # in-place add after the layer would stream its whole output through memory again.
-            y = torch.bmm(projections.of(name, x), a_t).to(w_t.dtype)  # (groups, rows-in-group x tokens, out)
-            flat = y.view(-1, y.shape[-1])
-            if module.bias is not None:
-                flat.add_(module.bias)
-            flat.addmm_(x.reshape(-1, x.shape[-1]), w_t)
-            return y.view(*x.shape[:-1], y.shape[-1])
+            y = torch.bmm(projections.of(name, x), a_t)  # (groups, rows-in-group x tokens, out)
+            return plus_layer_output(y, x, module, w_t)
 
         return forward
 
     with swapped_forwards(targets, make_forward):
         yield
+
+
+def plus_layer_output(correction: torch.Tensor, x: torch.Tensor, module: nn.Module,
+                      w_t: torch.Tensor) -> torch.Tensor:
+    """The layer's own output, x W^T (+ bias), accumulated onto a per-row correction by the
+    matmul itself, in the weights' dtype: an in-place add after the layer would stream its
+    whole output through memory again."""
+    flat = correction.to(w_t.dtype).reshape(-1, correction.shape[-1])
+    if module.bias is not None:
+        flat.add_(module.bias)
+    flat.addmm_(x.reshape(-1, x.shape[-1]), w_t)
+    return flat.view(*x.shape[:-1], flat.shape[-1])
 
 
 @contextlib.contextmanager

@@ -152,23 +152,14 @@ def test_tied_fitness_moves_nothing_and_a_step_that_would_not_stay_finite_is_ref
 def test_replays_and_a_resume_from_a_checkpoint_hold_the_same_bytes(tiny_llama_dir, tmp_path, optimizer):
     """Two workers that load the start model and replay the same records, and a third that
     resumes from a checkpoint taken halfway, hold the same adapter and weights."""
-    from hatchery.core.checkpoint import latest_checkpoint, write_checkpoint
     from hatchery.core.model import load_model
+    from reference import replay_twice_and_resume
 
     def worker() -> LoraUpdater:
         return LoraUpdater(find_targets(load_model(tiny_llama_dir).model), SEED, RANK, ALPHA, StepRule(optimizer))
 
     fitness = FITNESS + [[-1.0, 1.0, 0.0, 0.4, 0.2, 0.1], [0.2, 0.9, -0.3, 0.0, 1.0, -1.0]]
-    first, second = worker(), worker()
-    for epoch, f in enumerate(fitness):
-        first.apply(epoch, 0.05, f)
-        second.apply(epoch, 0.05, f)
-        if epoch == 1:
-            write_checkpoint(tmp_path, 2, first.state_dict(), first.steps, keep=1)
-    resumed = worker()
-    resumed.load_state_dict(*latest_checkpoint(tmp_path).load())
-    for epoch, f in list(enumerate(fitness))[2:]:
-        resumed.apply(epoch, 0.05, f)
+    first, second, resumed = replay_twice_and_resume(worker, fitness, tmp_path)
     for a, b, c in zip(first.targets, second.targets, resumed.targets):
         assert torch.equal(a.weight, b.weight) and torch.equal(a.weight, c.weight), a.name
     assert all(torch.equal(first.state_dict()[k], resumed.state_dict()[k]) for k in first.state_dict())

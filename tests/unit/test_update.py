@@ -92,24 +92,15 @@ def test_anchored_steps_replay_bit_identically_on_a_second_worker_and_from_a_che
     """Two workers that load the start model and replay the same records, and a third that
     resumes from a checkpoint taken halfway, hold the same bytes: the anchor is the start
     model, not the weights the updater was handed at a resume."""
-    from hatchery.core.checkpoint import latest_checkpoint, write_checkpoint
     from hatchery.core.model import load_model
+    from reference import replay_twice_and_resume
 
     def worker() -> EsUpdater:
         return EsUpdater(find_targets(load_model(tiny_llama_dir).model), seed=3, rank=2,
                          rule=StepRule(optimizer, anchor_decay=2.0))
 
     fitness = [[1.0, -1.0, 0.5, 0.2], [0.3, 0.1, -2.0, 1.0], [-1.0, 1.0, 0.0, 0.4], [0.2, 0.9, -0.3, 0.0]]
-    first, second = worker(), worker()
-    for epoch, f in enumerate(fitness):
-        first.apply(epoch, 0.05, f)
-        second.apply(epoch, 0.05, f)
-        if epoch == 1:
-            write_checkpoint(tmp_path, 2, first.state_dict(), first.steps, keep=1)
-    resumed = worker()
-    resumed.load_state_dict(*latest_checkpoint(tmp_path).load())
-    for epoch, f in list(enumerate(fitness))[2:]:
-        resumed.apply(epoch, 0.05, f)
+    first, second, resumed = replay_twice_and_resume(worker, fitness, tmp_path)
     for a, b, c in zip(first.targets, second.targets, resumed.targets):
         assert torch.equal(a.weight, b.weight) and torch.equal(a.weight, c.weight), a.name
 
