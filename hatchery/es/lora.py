@@ -92,6 +92,25 @@ class LoraUpdater:
         self.moments = no_moments()
         self.steps = 0
 
+    def start_from(self, adapter: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Starts from an existing adapter ({module: {"lora_A", "lora_B"}}, modules named without
+        ".weight"); targets it does not cover keep PEFT's start, which leaves them unchanged."""
+        by_module = {t.name.removesuffix(".weight"): t for t in self.targets}
+        outside = sorted(set(adapter) - set(by_module))
+        if outside:
+            more = f" and {len(outside) - 1} more modules" if len(outside) > 1 else ""
+            raise ValueError(f"the start adapter trains {outside[0]}{more}, which es.target_modules and "
+                             "es.exclude_modules leave out: include it")
+        for module, parts in adapter.items():
+            t = by_module[module]
+            for part, tensor in parts.items():
+                held = self.adapter[t.name][part]
+                if tensor.shape != held.shape:
+                    raise ValueError(f"the start adapter's {module}.{part} is {tuple(tensor.shape)}, "
+                                     f"lora rank {self.rank} over this model needs {tuple(held.shape)}")
+                held.copy_(tensor)
+            self._store(t, self._product(t.name))
+
     def check(self, lr: float, fitness: Sequence[float]) -> None:
         """NonFiniteUpdate unless the step stays finite: |step| <= lr sum_k |f_2k - f_2k+1| MAX_NOISE / N."""
         check_step_bound(lr, fitness, MAX_NOISE)

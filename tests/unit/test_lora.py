@@ -204,7 +204,7 @@ def test_the_config_names_what_is_wrong_with_a_lora_space(tmp_path):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
-    with pytest.raises(ConfigError, match="model.adapter: cannot start a lora-space run yet"):
+    with pytest.raises(ConfigError, match="model.adapter: must be a LoRA adapter to train it in lora space"):
         parse_config({"es": {"space": "lora"}, "model": {"adapter": str(adapter)}})
 
 
