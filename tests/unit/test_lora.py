@@ -35,7 +35,9 @@ def _member_adapter(updater: LoraUpdater, epoch: int, member: int | None) -> dic
         a, b = updater.adapter[t.name]["lora_A"], updater.adapter[t.name]["lora_B"]
         if member is not None:
             eps_b, eps_a_t = low_rank_factors(SEED, epoch, member // 2, t.name, t.out_features, t.in_features, RANK)
-            a, b = a + pair_sign(member) * SIGMA * eps_a_t.t(), b + pair_sign(member) * SIGMA * eps_b
+            # the noise on A in units of A's own scale, 1/sqrt(in)
+            a = a + pair_sign(member) * SIGMA / t.in_features ** 0.5 * eps_a_t.t()
+            b = b + pair_sign(member) * SIGMA * eps_b
         adapters[t.name] = {"lora_A": a, "lora_B": b}
     return adapters
 
@@ -125,6 +127,7 @@ def test_the_step_equals_its_formula(rule):
                 step["lora_B"] += pair_sign(member) * fit / len(f) * eps_b.double()
             parts = adapter[t.name]
             before = parts["lora_B"] @ parts["lora_A"]
+            step["lora_A"] /= t.in_features ** 0.5  # A moves in units of its own scale
             for p in parts:
                 parts[p] = parts[p] + lr * step[p] - lr * rule.weight_decay * parts[p]
                 torch.testing.assert_close(updater.adapter[t.name][p].double(), parts[p], atol=1e-6, rtol=1e-6)
