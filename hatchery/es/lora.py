@@ -138,7 +138,7 @@ class LoraUpdater:
             parts = self.adapter[t.name]
             if grads is None:  # the optimizer's moments still move the adapter
                 grads = (torch.zeros_like(parts["lora_A"]), torch.zeros_like(parts["lora_B"]))
-            before = self._product(t.name)
+            a_before, b_before = parts["lora_A"].clone(), parts["lora_B"].clone()
             for part, grad in zip(PARTS, grads):
                 tensor = parts[part]
                 step = rule_step(self.rule, self.moments, self.steps, f"{t.name}.{part}", grad, lr)
@@ -147,9 +147,8 @@ class LoraUpdater:
                 if self.rule.weight_decay:
                     step = step - lr * self.rule.weight_decay * tensor
                 tensor.add_(step)
-            after = self._product(t.name)
-            norm_sq += float((after - before).double().pow(2).sum())
-            self._store(t, after)
+            norm_sq += self.scaling ** 2 * _difference_norm_sq(parts["lora_B"], parts["lora_A"], b_before, a_before)
+            self._store(t, self._product(t.name))
         return norm_sq ** 0.5
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -186,6 +185,14 @@ class LoraUpdater:
             t.weight.copy_(t.to_stored(self.start[t.name].float() + product).to(t.weight.dtype))
 
 
+def _difference_norm_sq(b: torch.Tensor, a: torch.Tensor, b_before: torch.Tensor, a_before: torch.Tensor) -> float:
+    """||B A - B' A'||_F^2 from the factors: with U = [B, B'] and V = [A; -A'], the sum of
+    (U^T U) * (V V^T), in float64, without forming an (out x in) matrix."""
+    u = torch.cat((b, b_before), dim=1).double()
+    v = torch.cat((a, -a_before), dim=0).double()
+    return float(((u.t() @ u) * (v @ v.t())).sum())
+
+
 @contextlib.contextmanager
 def lora_perturbed(updater: LoraUpdater, noise: PopulationNoise, members: Sequence[int | None],
                    sigma: float) -> Iterator[None]:
@@ -215,16 +222,16 @@ def lora_perturbed(updater: LoraUpdater, noise: PopulationNoise, members: Sequen
         module = target.module
         w_t = module.weight if target.transposed else module.weight.t()  # (in, out) views, no copy
 
-        c = a_scale(target)
+        linear_c, square_c = linear * a_scale(target), square * a_scale(target)  # the terms in eps_A carry c
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             if x.shape[0] != rows:
                 raise RuntimeError(f"batch has {x.shape[0]} rows but the member map has {rows}")
             xg = x.reshape(groups, -1, x.shape[-1]).to(dtype)  # (groups, rows-in-group x tokens, in)
             u = (xg @ a_t).view(groups, rows // groups, -1, a_t.shape[1])  # x A^T, the current adapter
-            v = torch.bmm(xg, eps_a_t).view_as(u).mul_(c)  # c x eps_A^T
-            y = torch.bmm((linear * u + square * v).flatten(1, 2), eps_b_t)
-            y.add_((linear * v).flatten(1, 2) @ b_t)
+            v = torch.bmm(xg, eps_a_t).view_as(u)  # x eps_A^T
+            y = torch.bmm((linear * u + square_c * v).flatten(1, 2), eps_b_t)
+            y.add_((linear_c * v).flatten(1, 2) @ b_t)
             return plus_layer_output(y, x, module, w_t)
 
         return forward
