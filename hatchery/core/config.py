@@ -69,8 +69,8 @@ class EsConfig(StepRule):
     space: str = "weights"
     lora_rank: int = 8  # lora space: the adapter's rank
     lora_alpha: float = 16.0  # lora space: the adapter adds (lora_alpha / lora_rank) B A
-    sigma: float = 1.2e-2
-    lr: float = 1.2e-2  # absorbs 1/sigma, as in the ES papers
+    sigma: float = 1.2e-2  # in lora space 0.05 unless given (LORA_SPACE_DEFAULTS)
+    lr: float = 1.2e-2  # absorbs 1/sigma, as in the ES papers; in lora space 0.05 unless given
     lr_schedule: str = "constant"  # or "linear": decays to 0 at the end of the training budget
     noise_reuse: int = 1
     shaping: str = Shaping.CENTERED_ZSCORE.value
@@ -324,12 +324,23 @@ def _validate_reward(cfg: RunConfig) -> None:
               f"{key}.token_env", "must be an environment variable name", service.token_env)
 
 
+# In lora space a member's change to a layer's output is about 0.14 sigma (rank 8) where a
+# weights-space member's is sigma: measured on the default task, 0.05 learns there
+# (docs/experiments.md, ES in LoRA space); 0.012 is weights space's.
+LORA_SPACE_DEFAULTS = {"sigma": 0.05, "lr": 0.05}
+
+
 def parse_config(data: dict[str, Any] | None) -> RunConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config must be a mapping at the top level, got {type(data).__name__}")
-    return validate(from_dict(RunConfig, data))
+    cfg = from_dict(RunConfig, data)
+    if cfg.es.space == "lora":  # the space's own defaults for what the config leaves out
+        given = data.get("es") or {}
+        cfg = dataclasses.replace(cfg, es=dataclasses.replace(
+            cfg.es, **{key: value for key, value in LORA_SPACE_DEFAULTS.items() if key not in given}))
+    return validate(cfg)
 
 
 def with_fresh_run_dir(cfg: RunConfig) -> RunConfig:

@@ -198,7 +198,10 @@ def test_bf16_weights_hold_the_start_plus_the_adapter_rounded_once():
 def test_the_config_names_what_is_wrong_with_a_lora_space(tmp_path):
     from hatchery.core.config import ConfigError, parse_config
 
-    assert parse_config({"es": {"space": "lora"}}).es.lora_rank == 8
+    lora = parse_config({"es": {"space": "lora"}}).es
+    assert (lora.lora_rank, lora.sigma, lora.lr) == (8, 0.05, 0.05)  # lora space's own step defaults
+    assert parse_config({"es": {"space": "lora", "sigma": 0.02}}).es.sigma == 0.02
+    assert parse_config({}).es.sigma == 0.012
     for es, named in [({"space": "adapter"}, "es.space"), ({"space": "lora", "lora_rank": 0}, "es.lora_rank"),
                       ({"space": "lora", "lora_alpha": 0}, "es.lora_alpha"),
                       ({"space": "lora", "anchor_decay": 1.0}, "es.anchor_decay")]:
