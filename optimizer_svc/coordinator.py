@@ -34,7 +34,7 @@ from hatchery.core.checkpoint import (
 from hatchery.core.config import RunConfig
 from hatchery.core.drift import Drift, DriftMonitor
 from hatchery.core.failpoints import failpoint
-from hatchery.core.model import LoadedModel, fingerprint
+from hatchery.core.model import LoadedModel, fingerprint, read_lora_adapter
 from hatchery.core.prompt_data import run_task
 from hatchery.core.prompt_schedule import PromptSchedule
 from hatchery.core.run_files import RunFilesError, writing
@@ -153,10 +153,20 @@ class Coordinator:
     def _restore_weights(self) -> Checkpoint | None:
         """Weights after every logged record: the newest checkpoint plus the records after it."""
         remove_partial_checkpoints(self.checkpoint_dir)
+        if self.cfg.model.adapter and self.cfg.es.space == "lora":
+            self._write_start_adapter()
         ckpt, records = latest_checkpoint(self.checkpoint_dir), self.log.records
         if ckpt is not None and ckpt.generation > len(records):
             raise ValueError(f"{ckpt.path} covers {ckpt.generation} generations but the log holds {len(records)}")
         return replay(self.updater, self.checkpoint_dir, records, len(records))
+
+    def _write_start_adapter(self) -> None:
+        """A lora-space run from model.adapter starts at that adapter: checkpoint 0, which is never
+        pruned, so workers join at it and a replay from the start begins there. Written again
+        if it is missing: the adapter is checked against start.json's hash, so it is the same."""
+        if latest_checkpoint(self.checkpoint_dir, at_most=0) is None:
+            self.updater.start_from(read_lora_adapter(self.cfg.model.adapter))
+            write_checkpoint(self.checkpoint_dir, 0, self.updater.state_dict(), 0, self.cfg.train.checkpoints_kept)
 
     # -- schedule -----------------------------------------------------------------
 

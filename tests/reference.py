@@ -27,6 +27,8 @@ def run_reference(cfg: RunConfig, run_dir: Path) -> Coordinator:
     start = prepare_start(cfg, run_dir).path
     coordinator = Coordinator(cfg, load_model(start, cfg.model.dtype), run_dir)
     evaluator = Evaluator(load_model(start, cfg.model.dtype), es_settings(cfg))
+    if coordinator.checkpoint is not None:  # joins at the newest checkpoint, as a worker does
+        evaluator.restore(coordinator.checkpoint.generation, *coordinator.checkpoint.load())
     while True:
         work = coordinator.get_work("reference", evaluator.applied_generation)
         for record in work.updates:

@@ -3,8 +3,9 @@
 A checkpoint named ckpt-00000040.safetensors holds the float32 master weights
 of every target (and Adam's moments) after log records 0..39. It is written to
 a hidden temporary file, fsynced and renamed, so a reader sees a whole
-checkpoint or none; the newest `keep` are kept. Untargeted weights never
-change, so they come from the base model, not from here.
+checkpoint or none; the newest `keep` are kept, and a checkpoint at generation 0
+(a lora-space run's start adapter) always. Untargeted weights never change, so they
+come from the base model, not from here.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def _fsync_path(path: Path, flags: int = os.O_RDONLY) -> None:
 
 def write_checkpoint(directory: Path, generation: int, state: dict[str, torch.Tensor], steps: int,
                      keep: int) -> Checkpoint:
-    """Writes atomically, then prunes all but the newest `keep` checkpoints."""
+    """Writes atomically, then prunes all but the newest `keep` checkpoints after generation 0."""
     final = checkpoint_path(directory, generation)
     tmp = directory / f".{final.name}.tmp"
     with writing(tmp):
@@ -93,7 +94,7 @@ def write_checkpoint(directory: Path, generation: int, state: dict[str, torch.Te
         _fsync_path(tmp)
         os.replace(tmp, final)
         _fsync_path(directory)
-    for old in list_checkpoints(directory)[:-keep]:
+    for old in [c for c in list_checkpoints(directory) if c.generation > 0][:-keep]:
         old.path.unlink()
     return Checkpoint(generation, final)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ class ModelConfig:
     source: str = EMBEDDED  # "embedded:smollm2-135m-instruct", a local Hugging Face folder, or a hub id (org/name)
     revision: str = ""  # a hub id's branch, tag or commit; empty: main
     dtype: str = "float32"  # "float32" or "bfloat16"
-    adapter: str = ""  # a local PEFT adapter folder merged into the source before training; empty: none
+    adapter: str = ""  # a local PEFT adapter folder: merged into the source, or in lora space trained on; empty: none
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,8 @@ class EsConfig(StepRule):
     space: str = "weights"
     lora_rank: int = 8  # lora space: the adapter's rank
     lora_alpha: float = 16.0  # lora space: the adapter adds (lora_alpha / lora_rank) B A
-    sigma: float = 1.2e-2
-    lr: float = 1.2e-2  # absorbs 1/sigma, as in the ES papers
+    sigma: float = 1.2e-2  # in lora space 0.05 unless given (LORA_SPACE_DEFAULTS)
+    lr: float = 1.2e-2  # absorbs 1/sigma, as in the ES papers; in lora space 0.05 unless given
     lr_schedule: str = "constant"  # or "linear": decays to 0 at the end of the training budget
     noise_reuse: int = 1
     shaping: str = Shaping.CENTERED_ZSCORE.value
@@ -154,6 +155,25 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+def _validate_start_adapter(folder: Path, es: EsConfig) -> None:
+    """A lora-space run trains model.adapter on as its own adapter: a plain LoRA of the run's
+    rank and alpha (with es.space: weights any PEFT adapter is merged into the start model)."""
+    shape = json.loads((folder / "adapter_config.json").read_text())
+    where = f"{folder} has {shape.get('peft_type')} r {shape.get('r')} lora_alpha {shape.get('lora_alpha')}"
+    check(shape.get("peft_type") == "LORA", "model.adapter", "must be a LoRA adapter to train it in lora space",
+          where)
+    check((shape.get("r"), shape.get("lora_alpha")) == (es.lora_rank, es.lora_alpha), "model.adapter",
+          f"must match es.lora_rank {es.lora_rank} and es.lora_alpha {es.lora_alpha} in lora space "
+          "(set those to the adapter's)", where)
+    for flag, plain in (("use_rslora", False), ("use_dora", False), ("bias", "none"), ("modules_to_save", None),
+                        ("rank_pattern", {}), ("alpha_pattern", {})):
+        check(shape.get(flag, plain) in (plain, None), "model.adapter",
+              f"{flag} {shape.get(flag)!r} is not trained in lora space, which evolves a plain LoRA "
+              "(with es.space: weights the adapter is merged into the start model)", str(folder))
+    check((folder / "adapter_model.safetensors").is_file(), "model.adapter",
+          "must hold adapter_model.safetensors to train it in lora space", str(folder))
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Range and choice checks that types alone do not express."""
     check(cfg.model.dtype in DTYPES, "model.dtype", f"must be one of {sorted(DTYPES)}", cfg.model.dtype)
@@ -177,9 +197,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     check(es.space in SPACES, "es.space", f"must be one of {', '.join(SPACES)}", es.space)
     check(1 <= es.lora_rank <= 256, "es.lora_rank", "must be between 1 and 256", es.lora_rank)
     check(es.lora_alpha > 0, "es.lora_alpha", "must be > 0", es.lora_alpha)
-    check(es.space == "weights" or not cfg.model.adapter, "model.adapter",
-          "cannot start a lora-space run yet (training a start adapter on in LoRA space is not built); "
-          "with es.space: weights the adapter is merged into the start model", cfg.model.adapter)
+    if es.space == "lora" and cfg.model.adapter:
+        _validate_start_adapter(Path(cfg.model.adapter), es)
     check(es.space == "weights" or not es.anchor_decay, "es.anchor_decay",
           "is a weights-space step; in lora space es.weight_decay pulls the adapter toward zero, the start model",
           es.anchor_decay)
@@ -305,12 +324,23 @@ def _validate_reward(cfg: RunConfig) -> None:
               f"{key}.token_env", "must be an environment variable name", service.token_env)
 
 
+# In lora space a member's change to a layer's output is about 0.14 sigma (rank 8) where a
+# weights-space member's is sigma: measured on the default task, 0.05 learns there
+# (docs/experiments.md, ES in LoRA space); 0.012 is weights space's.
+LORA_SPACE_DEFAULTS = {"sigma": 0.05, "lr": 0.05}
+
+
 def parse_config(data: dict[str, Any] | None) -> RunConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config must be a mapping at the top level, got {type(data).__name__}")
-    return validate(from_dict(RunConfig, data))
+    cfg = from_dict(RunConfig, data)
+    if cfg.es.space == "lora":  # the space's own defaults for what the config leaves out
+        given = data.get("es") or {}
+        cfg = dataclasses.replace(cfg, es=dataclasses.replace(
+            cfg.es, **{key: value for key, value in LORA_SPACE_DEFAULTS.items() if key not in given}))
+    return validate(cfg)
 
 
 def with_fresh_run_dir(cfg: RunConfig) -> RunConfig:

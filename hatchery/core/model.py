@@ -175,6 +175,26 @@ def merge_adapter(lm: LoadedModel, adapter: Path | str) -> LoadedModel:
     return LoadedModel(merged, lm.tokenizer)
 
 
+_LORA_KEY = re.compile(r"^base_model\.model\.(.+)\.(lora_A|lora_B)\.weight$")
+
+
+def read_lora_adapter(folder: Path | str) -> dict[str, dict[str, torch.Tensor]]:
+    """A PEFT LoRA adapter's matrices by module: {"model.layers.0.mlp.up_proj": {"lora_A": A, "lora_B": B}},
+    float32, A (r x in) and B (out x r) as PEFT stores them."""
+    from safetensors.torch import load_file
+
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in load_file(str(Path(folder) / "adapter_model.safetensors")).items():
+        match = _LORA_KEY.match(key)
+        if match is None:
+            raise ValueError(f"{folder}: {key} is not a LoRA matrix (base_model.model.<module>.lora_A/B.weight)")
+        modules.setdefault(match.group(1), {})[match.group(2)] = tensor.float()
+    partial = sorted(m for m, parts in modules.items() if len(parts) != 2)
+    if partial:
+        raise ValueError(f"{folder}: {partial[0]} has lora_A or lora_B but not both")
+    return modules
+
+
 def fingerprint(targets: Sequence[Target], samples_per_matrix: int = 64) -> str:
     """Cheap hash of a fixed strided sample of every target's weights."""
     h = hashlib.blake2b(digest_size=16)

@@ -1,4 +1,5 @@
-"""Where a run starts: a base model folder, optionally with a PEFT adapter merged in.
+"""Where a run starts: a base model folder, optionally with a PEFT adapter merged in
+(a lora-space run keeps the base and trains the adapter on).
 
 The run dir records the start in start.json by path and content hash, so a resumed
 run refuses a base that changed under it and an export names exactly what it builds
@@ -139,7 +140,7 @@ def prepare_start(cfg: RunConfig, run_dir: Path) -> StartPoint:
                 raise ConfigError(f"model: the {part} this run started from changed since "
                                   f"({(recorded[part] or {}).get('path')}); restore it or start a new run")
     path = base
-    if cfg.model.adapter:
+    if cfg.model.adapter and cfg.es.space == "weights":  # in lora space the run trains it on (its checkpoint 0)
         path = run_dir / MERGED_FOLDER
         if not path.is_dir():
             _write_merged(base, Path(cfg.model.adapter), path)

@@ -5,15 +5,20 @@ PEFT does (A uniform in +-1/sqrt(in), B zero), so the start model is unchanged. 
 holds W = W0 + s B A (s = alpha / r), recomputed from the start weights after every step,
 so generating with the current adapter, held-out evaluation and drift are plain forwards.
 
-Member 2k (sign +1) and 2k+1 (sign -1) run A + sign sigma eps_A and B + sign sigma eps_B,
-standard normal noise of pair k drawn from the counter-based keys weights space uses
-(low_rank_factors gives eps_B and eps_A^T), so PopulationNoise and factors built ahead
-serve both spaces. Row by row inside one batched forward:
+ES works in unit coordinates of both factors: A = c Â with c = 1/sqrt(in), A's own scale
+(PEFT's bound), so member 2k (sign +1) and 2k+1 (sign -1) run A + sign sigma c eps_A and
+B + sign sigma eps_B, and the step moves Â (so A by c times it) and B. Without c the noise
+on A is sqrt(in) times A itself, and the term sigma^2 eps_B eps_A, which both members of a
+pair share, swamps the antithetic one: SmolLM2's members then agree, or all fail, before
+any signal shows. eps_A and eps_B are standard normal noise of pair k drawn from the
+counter-based keys weights space uses (low_rank_factors gives eps_B and eps_A^T), so
+PopulationNoise and factors built ahead serve both spaces. Row by row inside one batched
+forward:
 
-    y = x W^T + s sigma [sign ((x A^T) eps_B^T + (x eps_A^T) B^T) + sigma (x eps_A^T) eps_B^T]
+    y = x W^T + s sigma [sign ((x A^T) eps_B^T + c (x eps_A^T) B^T) + sigma c (x eps_A^T) eps_B^T]
 
 which is x (W0 + s B_m A_m)^T exactly (in real arithmetic), without forming any member's
-adapter. The step moves A and B along (1/N) sum_i f_i eps_i under the run's StepRule.
+adapter. The step moves Â and B along (1/N) sum_i f_i eps_i under the run's StepRule.
 """
 
 from __future__ import annotations
@@ -51,10 +56,15 @@ def initial_lora_a(seed: int, name: str, in_features: int, rank: int) -> torch.T
     return torch.rand((rank, in_features), generator=gen, dtype=torch.float32).mul_(2 * bound).sub_(bound)
 
 
+def a_scale(target: Target) -> float:
+    """c: A in units of its own scale, A = c Â (PEFT starts A uniform in +-c)."""
+    return 1.0 / math.sqrt(target.in_features)
+
+
 def lora_gradient(target: Target, seed: int, epoch: int, rank: int,
                   fitness: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """((1/N) sum_i f_i eps_A,i, (1/N) sum_i f_i eps_B,i) for one target's adapter (float32,
-    CPU); None when every pair's coefficient is 0."""
+    """((1/N) sum_i f_i eps_A,i, (1/N) sum_i f_i eps_B,i) for one target's adapter, in the
+    coordinates of Â and B (float32, CPU); None when every pair's coefficient is 0."""
     f = np.asarray(fitness, dtype=np.float64)
     pair_coeff = f[0::2] - f[1::2]
     live = np.flatnonzero(pair_coeff)
@@ -92,6 +102,25 @@ class LoraUpdater:
         self.moments = no_moments()
         self.steps = 0
 
+    def start_from(self, adapter: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Starts from an existing adapter ({module: {"lora_A", "lora_B"}}, modules named without
+        ".weight"); targets it does not cover keep PEFT's start, which leaves them unchanged."""
+        by_module = {t.name.removesuffix(".weight"): t for t in self.targets}
+        outside = sorted(set(adapter) - set(by_module))
+        if outside:
+            more = f" and {len(outside) - 1} more modules" if len(outside) > 1 else ""
+            raise ValueError(f"the start adapter trains {outside[0]}{more}, which es.target_modules and "
+                             "es.exclude_modules leave out: include it")
+        for module, parts in adapter.items():
+            t = by_module[module]
+            for part, tensor in parts.items():
+                held = self.adapter[t.name][part]
+                if tensor.shape != held.shape:
+                    raise ValueError(f"the start adapter's {module}.{part} is {tuple(tensor.shape)}, "
+                                     f"lora rank {self.rank} over this model needs {tuple(held.shape)}")
+                held.copy_(tensor)
+            self._store(t, self._product(t.name))
+
     def check(self, lr: float, fitness: Sequence[float]) -> None:
         """NonFiniteUpdate unless the step stays finite: |step| <= lr sum_k |f_2k - f_2k+1| MAX_NOISE / N."""
         check_step_bound(lr, fitness, MAX_NOISE)
@@ -109,16 +138,17 @@ class LoraUpdater:
             parts = self.adapter[t.name]
             if grads is None:  # the optimizer's moments still move the adapter
                 grads = (torch.zeros_like(parts["lora_A"]), torch.zeros_like(parts["lora_B"]))
-            before = self._product(t.name)
+            a_before, b_before = parts["lora_A"].clone(), parts["lora_B"].clone()
             for part, grad in zip(PARTS, grads):
                 tensor = parts[part]
                 step = rule_step(self.rule, self.moments, self.steps, f"{t.name}.{part}", grad, lr)
+                if part == "lora_A":  # a step of Â
+                    step = step * a_scale(t)
                 if self.rule.weight_decay:
                     step = step - lr * self.rule.weight_decay * tensor
                 tensor.add_(step)
-            after = self._product(t.name)
-            norm_sq += float((after - before).double().pow(2).sum())
-            self._store(t, after)
+            norm_sq += self.scaling ** 2 * _difference_norm_sq(parts["lora_B"], parts["lora_A"], b_before, a_before)
+            self._store(t, self._product(t.name))
         return norm_sq ** 0.5
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -155,6 +185,14 @@ class LoraUpdater:
             t.weight.copy_(t.to_stored(self.start[t.name].float() + product).to(t.weight.dtype))
 
 
+def _difference_norm_sq(b: torch.Tensor, a: torch.Tensor, b_before: torch.Tensor, a_before: torch.Tensor) -> float:
+    """||B A - B' A'||_F^2 from the factors: with U = [B, B'] and V = [A; -A'], the sum of
+    (U^T U) * (V V^T), in float64, without forming an (out x in) matrix."""
+    u = torch.cat((b, b_before), dim=1).double()
+    v = torch.cat((a, -a_before), dim=0).double()
+    return float(((u.t() @ u) * (v @ v.t())).sum())
+
+
 @contextlib.contextmanager
 def lora_perturbed(updater: LoraUpdater, noise: PopulationNoise, members: Sequence[int | None],
                    sigma: float) -> Iterator[None]:
@@ -184,14 +222,16 @@ def lora_perturbed(updater: LoraUpdater, noise: PopulationNoise, members: Sequen
         module = target.module
         w_t = module.weight if target.transposed else module.weight.t()  # (in, out) views, no copy
 
+        linear_c, square_c = linear * a_scale(target), square * a_scale(target)  # the terms in eps_A carry c
+
         def forward(x: torch.Tensor) -> torch.Tensor:
             if x.shape[0] != rows:
                 raise RuntimeError(f"batch has {x.shape[0]} rows but the member map has {rows}")
             xg = x.reshape(groups, -1, x.shape[-1]).to(dtype)  # (groups, rows-in-group x tokens, in)
             u = (xg @ a_t).view(groups, rows // groups, -1, a_t.shape[1])  # x A^T, the current adapter
             v = torch.bmm(xg, eps_a_t).view_as(u)  # x eps_A^T
-            y = torch.bmm((linear * u + square * v).flatten(1, 2), eps_b_t)
-            y.add_((linear * v).flatten(1, 2) @ b_t)
+            y = torch.bmm((linear * u + square_c * v).flatten(1, 2), eps_b_t)
+            y.add_((linear_c * v).flatten(1, 2) @ b_t)
             return plus_layer_output(y, x, module, w_t)
 
         return forward

@@ -13,7 +13,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from hatchery.core.config import parse_config
-from hatchery.core.model import load_model
+from hatchery.core.model import load_model, read_lora_adapter
 from hatchery.core.schema import ConfigError
 from hatchery.core.start import prepare_start
 from hatchery.export import export_peft_lora, weights_at
@@ -141,3 +141,79 @@ def test_a_worker_without_the_optimizers_disk_streams_the_start_model(tiny_llama
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
         server.stop()
+
+
+def _lora_config(model_dir, adapter, run_dir, **es):
+    return parse_config({"run_dir": str(run_dir), "model": {"source": str(model_dir), "adapter": str(adapter)},
+                         "grader": "length", "task": {"heldout_size": 4, "max_new_tokens": 6},
+                         "es": {"space": "lora", "lora_rank": 4, "lora_alpha": 8, "population": 4, "sigma": 0.3,
+                                "lr": 0.3, **es},
+                         "train": {"generations": 5, "prompts_per_member": 2, "eval_every": 5,
+                                   "checkpoint_every": 2, "checkpoints_kept": 1}})
+
+
+@pytest.fixture(scope="module")
+def lora_adapter_run(tiny_llama_dir, adapter_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("lora-start") / "run"
+    return run_dir, run_reference(_lora_config(tiny_llama_dir, adapter_dir, run_dir), run_dir)
+
+
+def test_a_lora_space_run_trains_the_start_adapter_on(lora_adapter_run, tiny_llama_dir, adapter_dir, tmp_path):
+    from hatchery.core.checkpoint import list_checkpoints
+    from hatchery.evaluation import heldout_reward
+
+    run_dir, coordinator = lora_adapter_run
+    start = json.loads((run_dir / "start.json").read_text())
+    assert start["model"]["path"] == str(tiny_llama_dir.resolve())  # the base, not a merged copy
+    # the adapter is checkpoint 0, kept beside the newest (checkpoints_kept 1)
+    assert [c.generation for c in list_checkpoints(run_dir / "checkpoints")] == [0, 4]
+    at_start = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), adapter_dir)
+    torch.testing.assert_close(_logits(weights_at(run_dir, 0).lm.model), _logits(at_start), atol=1e-5, rtol=1e-5)
+    scored = heldout_reward(str(adapter_dir), heldout_size=4, grader="length", max_new_tokens=6)
+    assert coordinator.history[0].heldout_reward == pytest.approx(scored["heldout_reward"])
+    resumed = weights_at(run_dir)  # checkpoint 4, then record 5
+    for name, tensor in coordinator.updater.state_dict().items():
+        assert torch.equal(resumed.updater.state_dict()[name], tensor), name
+    export_peft_lora(run_dir, tmp_path / "trained")
+    trained = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), tmp_path / "trained")
+    torch.testing.assert_close(_logits(trained), _logits(coordinator.lm.model), atol=1e-5, rtol=1e-5)
+    q_proj = "model.layers.0.self_attn.q_proj"
+    assert not torch.equal(coordinator.updater.adapter[f"{q_proj}.weight"]["lora_B"],
+                           read_lora_adapter(adapter_dir)[q_proj]["lora_B"]), "training did not move the start adapter"
+
+
+def test_a_worker_joins_a_lora_space_run_at_the_start_adapter(tiny_llama_dir, adapter_dir, tmp_path):
+    from inference_svc.evaluator import Evaluator
+
+    run_dir = tmp_path / "run"
+    cfg = _lora_config(tiny_llama_dir, adapter_dir, run_dir)
+    start = prepare_start(cfg, run_dir)
+    coordinator = Coordinator(cfg, load_model(start.path), run_dir)
+    server = optimizer_server(coordinator, start)
+    server.start()
+    try:
+        stub = optimizer_pb2_grpc.OptimizerServiceStub(channel(server.address))
+        joined = stub.Join(pb.JoinRequest(worker_id="w"))
+        assert joined.checkpoint.generation == 0
+        evaluator = Evaluator(load_model(fetch.start_model(stub, joined)), joined.es)
+        with fetch.checkpoint(stub, joined.checkpoint, always_fetch=True) as ckpt:
+            evaluator.restore(ckpt.generation, *ckpt.load())
+        assert evaluator.fingerprint() == coordinator.weights_fingerprint
+        assert evaluator.fingerprint() != Evaluator(load_model(start.path), joined.es).fingerprint()
+    finally:
+        server.stop()
+
+
+def test_a_start_adapter_lora_space_cannot_train_is_refused_by_name(tiny_llama_dir, adapter_dir, tmp_path):
+    with pytest.raises(ConfigError, match="model.adapter: must match es.lora_rank 8 and es.lora_alpha 8"):
+        _lora_config(tiny_llama_dir, adapter_dir, tmp_path / "run", lora_rank=8)
+    rslora = tmp_path / "rslora"
+    shutil.copytree(adapter_dir, rslora)
+    shape = json.loads((rslora / "adapter_config.json").read_text())
+    (rslora / "adapter_config.json").write_text(json.dumps({**shape, "use_rslora": True}))
+    with pytest.raises(ConfigError, match="model.adapter: use_rslora True is not trained in lora space"):
+        _lora_config(tiny_llama_dir, rslora, tmp_path / "run")
+    cfg = _lora_config(tiny_llama_dir, adapter_dir, tmp_path / "run", exclude_modules=["lm_head", "v_proj"])
+    left_out = r"trains model\.layers\.0\.self_attn\.v_proj and 1 more modules, which .* leave out: include it"
+    with pytest.raises(ValueError, match=left_out):
+        Coordinator(cfg, load_model(prepare_start(cfg, tmp_path / "run").path), tmp_path / "run")

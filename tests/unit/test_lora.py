@@ -35,7 +35,9 @@ def _member_adapter(updater: LoraUpdater, epoch: int, member: int | None) -> dic
         a, b = updater.adapter[t.name]["lora_A"], updater.adapter[t.name]["lora_B"]
         if member is not None:
             eps_b, eps_a_t = low_rank_factors(SEED, epoch, member // 2, t.name, t.out_features, t.in_features, RANK)
-            a, b = a + pair_sign(member) * SIGMA * eps_a_t.t(), b + pair_sign(member) * SIGMA * eps_b
+            # the noise on A in units of A's own scale, 1/sqrt(in)
+            a = a + pair_sign(member) * SIGMA / t.in_features ** 0.5 * eps_a_t.t()
+            b = b + pair_sign(member) * SIGMA * eps_b
         adapters[t.name] = {"lora_A": a, "lora_B": b}
     return adapters
 
@@ -125,6 +127,7 @@ def test_the_step_equals_its_formula(rule):
                 step["lora_B"] += pair_sign(member) * fit / len(f) * eps_b.double()
             parts = adapter[t.name]
             before = parts["lora_B"] @ parts["lora_A"]
+            step["lora_A"] /= t.in_features ** 0.5  # A moves in units of its own scale
             for p in parts:
                 parts[p] = parts[p] + lr * step[p] - lr * rule.weight_decay * parts[p]
                 torch.testing.assert_close(updater.adapter[t.name][p].double(), parts[p], atol=1e-6, rtol=1e-6)
@@ -195,7 +198,10 @@ def test_bf16_weights_hold_the_start_plus_the_adapter_rounded_once():
 def test_the_config_names_what_is_wrong_with_a_lora_space(tmp_path):
     from hatchery.core.config import ConfigError, parse_config
 
-    assert parse_config({"es": {"space": "lora"}}).es.lora_rank == 8
+    lora = parse_config({"es": {"space": "lora"}}).es
+    assert (lora.lora_rank, lora.sigma, lora.lr) == (8, 0.05, 0.05)  # lora space's own step defaults
+    assert parse_config({"es": {"space": "lora", "sigma": 0.02}}).es.sigma == 0.02
+    assert parse_config({}).es.sigma == 0.012
     for es, named in [({"space": "adapter"}, "es.space"), ({"space": "lora", "lora_rank": 0}, "es.lora_rank"),
                       ({"space": "lora", "lora_alpha": 0}, "es.lora_alpha"),
                       ({"space": "lora", "anchor_decay": 1.0}, "es.anchor_decay")]:
@@ -204,7 +210,7 @@ def test_the_config_names_what_is_wrong_with_a_lora_space(tmp_path):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
-    with pytest.raises(ConfigError, match="model.adapter: cannot start a lora-space run yet"):
+    with pytest.raises(ConfigError, match="model.adapter: must be a LoRA adapter to train it in lora space"):
         parse_config({"es": {"space": "lora"}, "model": {"adapter": str(adapter)}})
 
 
