@@ -25,6 +25,7 @@ import os
 import queue
 import resource
 import sys
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
@@ -96,6 +97,7 @@ class _Process:
 
     def __init__(self, function: str, path: str, memory_mb: int, confined: bool):
         ctx = multiprocessing.get_context("spawn")  # not fork: the gRPC server has threads
+        self._kill_lock, self._killed = threading.Lock(), False
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_child, args=(child, function, path, memory_mb, confined), daemon=True,
                                 name=f"reward-plugin {function}")
@@ -126,9 +128,15 @@ class _Process:
             return "crashed", f"the plug-in process exited with code {self.proc.exitcode}"
 
     def kill(self) -> None:
-        self.proc.kill()
-        self.proc.join()
-        self.conn.close()
+        """Idempotent and safe from two threads at once (a stopping service and the call in flight
+        that its kill broke): the pipe is closed once, so no thread closes a descriptor twice."""
+        with self._kill_lock:
+            if self._killed:
+                return
+            self._killed = True
+            self.proc.kill()
+            self.proc.join()
+            self.conn.close()
 
 
 class ProcessGrader:
