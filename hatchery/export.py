@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from hatchery.core.checkpoint import replay
 from hatchery.core.config import RunConfig, resumed_config
-from hatchery.core.model import LoadedModel, load_model
+from hatchery.core.model import LoadedModel, load_model, lora_key
 from hatchery.core.start import recorded_start
 from hatchery.core.update_log import read_log
 from hatchery.es import EsUpdater, find_targets
@@ -123,8 +123,8 @@ def export_peft_lora(run_dir: str | Path, out: str | Path, generation: int | Non
             continue
         b, a, kept = truncated(delta, rank, energy)
         module = t.name.removesuffix(".weight")
-        tensors[f"base_model.model.{module}.lora_A.weight"] = a.contiguous()
-        tensors[f"base_model.model.{module}.lora_B.weight"] = b.contiguous()
+        tensors[lora_key(module, "lora_A")] = a.contiguous()
+        tensors[lora_key(module, "lora_B")] = b.contiguous()
         ranks[module], matrices[module] = kept["rank"], kept
         transposed = transposed or t.transposed
     if not tensors:
@@ -147,7 +147,7 @@ def _export_run_adapter(weights: RunWeights, run_dir: Path, out: Path) -> dict:
     for t in updater.targets:
         module = t.name.removesuffix(".weight")
         for part, tensor in updater.adapter[t.name].items():
-            tensors[f"base_model.model.{module}.{part}.weight"] = tensor.contiguous()
+            tensors[lora_key(module, part)] = tensor.contiguous()
     es = weights.cfg.es
     shape = {"r": es.lora_rank, "lora_alpha": es.lora_alpha,
              "target_modules": sorted(t.name.removesuffix(".weight") for t in updater.targets),

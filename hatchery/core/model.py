@@ -178,6 +178,11 @@ def merge_adapter(lm: LoadedModel, adapter: Path | str) -> LoadedModel:
 _LORA_KEY = re.compile(r"^base_model\.model\.(.+)\.(lora_A|lora_B)\.weight$")
 
 
+def lora_key(module: str, part: str) -> str:
+    """Where PEFT's adapter_model.safetensors keeps `part` (lora_A or lora_B) of `module`."""
+    return f"base_model.model.{module}.{part}.weight"
+
+
 def read_lora_adapter(folder: Path | str) -> dict[str, dict[str, torch.Tensor]]:
     """A PEFT LoRA adapter's matrices by module: {"model.layers.0.mlp.up_proj": {"lora_A": A, "lora_B": B}},
     float32, A (r x in) and B (out x r) as PEFT stores them."""

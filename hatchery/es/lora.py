@@ -52,13 +52,13 @@ def initial_lora_a(seed: int, name: str, in_features: int, rank: int) -> torch.T
     """PEFT's start for A (kaiming-uniform with a = sqrt(5): uniform in +-1/sqrt(in)), drawn
     from a counter key of its own so every process starts from the same adapter."""
     gen = torch.Generator(device="cpu").manual_seed(noise_seed(seed, 0, 0, f"<lora_A init>{name}"))
-    bound = 1.0 / math.sqrt(in_features)
+    bound = a_scale(in_features)
     return torch.rand((rank, in_features), generator=gen, dtype=torch.float32).mul_(2 * bound).sub_(bound)
 
 
-def a_scale(target: Target) -> float:
+def a_scale(in_features: int) -> float:
     """c: A in units of its own scale, A = c Â (PEFT starts A uniform in +-c)."""
-    return 1.0 / math.sqrt(target.in_features)
+    return 1.0 / math.sqrt(in_features)
 
 
 def lora_gradient(target: Target, seed: int, epoch: int, rank: int,
@@ -143,7 +143,7 @@ class LoraUpdater:
                 tensor = parts[part]
                 step = rule_step(self.rule, self.moments, self.steps, f"{t.name}.{part}", grad, lr)
                 if part == "lora_A":  # a step of Â
-                    step = step * a_scale(t)
+                    step = step * a_scale(t.in_features)
                 if self.rule.weight_decay:
                     step = step - lr * self.rule.weight_decay * tensor
                 tensor.add_(step)
@@ -222,7 +222,8 @@ def lora_perturbed(updater: LoraUpdater, noise: PopulationNoise, members: Sequen
         module = target.module
         w_t = module.weight if target.transposed else module.weight.t()  # (in, out) views, no copy
 
-        linear_c, square_c = linear * a_scale(target), square * a_scale(target)  # the terms in eps_A carry c
+        c = a_scale(target.in_features)
+        linear_c, square_c = linear * c, square * c  # the terms in eps_A carry c
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             if x.shape[0] != rows:
